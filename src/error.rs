@@ -1,0 +1,175 @@
+//! The crate's single error type.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in this crate.
+///
+/// Every message names the offending value and what would have been accepted, so that the text of
+/// the error alone is enough to fix the call or the configuration file.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DdimError {
+    /// The configuration text is not valid JSON, or a key holds a value of the wrong type or an
+    /// unknown enum string. `line` and `column` are 1-based positions in the text.
+    #[error("invalid scheduler config at line {line}, column {column}: {message}")]
+    ConfigParse {
+        /// 1-based line of the problem in the JSON text.
+        line: usize,
+        /// 1-based column of the problem in the JSON text.
+        column: usize,
+        /// What the JSON parser found wrong, including the allowed values of an enum.
+        message: String,
+    },
+
+    /// A configuration key holds a value outside its allowed range.
+    #[error("invalid scheduler config: `{key}` is {value}, but it must be {allowed}")]
+    InvalidConfig {
+        /// The configuration key (with an index for list entries, like `trained_betas[3]`).
+        key: String,
+        /// The value that was given, as text.
+        value: String,
+        /// What the key accepts.
+        allowed: String,
+    },
+
+    /// A configuration file could not be read.
+    #[error("cannot read scheduler config `{}`: {source}", path.display())]
+    Io {
+        /// The file that could not be read.
+        path: PathBuf,
+        /// The underlying I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// `from_pretrained` found no `scheduler_config.json` at or below the given path.
+    #[error(
+        "no scheduler config found for `{}`: looked for {}",
+        path.display(),
+        tried.iter().map(|p| format!("`{}`", p.display())).collect::<Vec<_>>().join(", ")
+    )]
+    ConfigNotFound {
+        /// The path the caller gave.
+        path: PathBuf,
+        /// Every file that was looked for, in order.
+        tried: Vec<PathBuf>,
+    },
+
+    /// `set_timesteps` was asked for a number of inference steps outside `1..=num_train_timesteps`.
+    #[error(
+        "num_inference_steps is {requested}, but it must be between 1 and num_train_timesteps ({num_train_timesteps})"
+    )]
+    InvalidNumInferenceSteps {
+        /// The number of steps asked for.
+        requested: usize,
+        /// The model's number of training timesteps, the largest allowed value.
+        num_train_timesteps: usize,
+    },
+
+    /// The requested schedule would contain a timestep that the model does not have.
+    ///
+    /// This happens with `leading` spacing when `steps_offset` pushes the largest timestep to
+    /// `num_train_timesteps` or beyond (for example 1000 steps of a 1000-timestep model with
+    /// `steps_offset = 1`). The reference implementation hands such a timestep out and then
+    /// indexes past its tables; this crate refuses the schedule instead.
+    #[error(
+        "{spacing} spacing with {num_inference_steps} inference steps and steps_offset {steps_offset} reaches timestep {largest_timestep}, but the model's timesteps are 0..={}; use fewer steps or a smaller steps_offset",
+        num_train_timesteps.saturating_sub(1)
+    )]
+    ScheduleOutOfRange {
+        /// The timestep spacing in use, as spelled in the config.
+        spacing: String,
+        /// The number of inference steps asked for.
+        num_inference_steps: usize,
+        /// The config's `steps_offset`.
+        steps_offset: usize,
+        /// The largest timestep the schedule would contain.
+        largest_timestep: usize,
+        /// The model's number of training timesteps.
+        num_train_timesteps: usize,
+    },
+
+    /// A step was requested before `set_timesteps`.
+    #[error("the scheduler has no timesteps yet: call set_timesteps before step")]
+    TimestepsNotSet,
+
+    /// A timestep is not below `num_train_timesteps`.
+    #[error("timestep {timestep} is out of range: the model's timesteps are 0..={}", num_train_timesteps.saturating_sub(1))]
+    TimestepOutOfRange {
+        /// The timestep given.
+        timestep: usize,
+        /// The model's number of training timesteps.
+        num_train_timesteps: usize,
+    },
+
+    /// Two arrays that must have the same shape do not.
+    #[error(
+        "shape mismatch: {name} has shape {found:?}, but {reference_name} has shape {expected:?}"
+    )]
+    ShapeMismatch {
+        /// The array whose shape is wrong.
+        name: &'static str,
+        /// Its shape.
+        found: Vec<usize>,
+        /// The array it must agree with.
+        reference_name: &'static str,
+        /// That array's shape.
+        expected: Vec<usize>,
+    },
+
+    /// A per-batch-item list of timesteps does not have one entry per batch item.
+    #[error("{count} timesteps were given for a batch of {batch_size}: give exactly one timestep per batch item (axis 0)")]
+    BatchSizeMismatch {
+        /// How many timesteps were given.
+        count: usize,
+        /// The length of axis 0 of the arrays.
+        batch_size: usize,
+    },
+
+    /// An array has fewer axes than the operation needs.
+    #[error("{operation} needs an array with at least {required} axes, but it has {found}")]
+    TooFewAxes {
+        /// What needed the axes.
+        operation: &'static str,
+        /// How many axes the array has.
+        found: usize,
+        /// How many it needs.
+        required: usize,
+    },
+
+    /// `eta` is negative or not finite.
+    #[error("eta is {eta}, but it must be a finite number >= 0 (0 is deterministic DDIM, 1 is DDPM-like)")]
+    InvalidEta {
+        /// The value given.
+        eta: f64,
+    },
+}
+
+impl DdimError {
+    /// Builds an [`DdimError::InvalidConfig`].
+    pub(crate) fn config(
+        key: impl Into<String>,
+        value: impl ToString,
+        allowed: impl Into<String>,
+    ) -> Self {
+        DdimError::InvalidConfig {
+            key: key.into(),
+            value: value.to_string(),
+            allowed: allowed.into(),
+        }
+    }
+}
+
+impl From<serde_json::Error> for DdimError {
+    fn from(err: serde_json::Error) -> Self {
+        // serde_json appends " at line L column C" to its own message; the fields carry that.
+        let full = err.to_string();
+        let suffix = format!(" at line {} column {}", err.line(), err.column());
+        let message = full.strip_suffix(&suffix).unwrap_or(&full).to_string();
+        DdimError::ConfigParse {
+            line: err.line(),
+            column: err.column(),
+            message,
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! The element types the scheduler works on: `f32` and `f64`.
+
+use std::cmp::Ordering;
+use std::fmt::{Debug, Display};
+use std::ops::{Add, Div, Mul, Neg, Sub};
+
+use rand::Rng;
+use rand_distr::{Distribution, StandardNormal};
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for f64 {}
+}
+
+/// A floating-point element type the scheduler accepts: `f32` or `f64`.
+///
+/// This trait is sealed; it exists so that every array-taking method of
+/// [`DdimScheduler`](crate::DdimScheduler) is generic over both precisions. The schedule tables are
+/// float32, as in the reference; with `f64` arrays the per-element arithmetic runs in double.
+pub trait DdimFloat:
+    sealed::Sealed
+    + Copy
+    + Send
+    + Sync
+    + PartialOrd
+    + Debug
+    + Display
+    + Default
+    + 'static
+    + Add<Output = Self>
+    + Sub<Output = Self>
+    + Mul<Output = Self>
+    + Div<Output = Self>
+    + Neg<Output = Self>
+{
+    /// Zero.
+    const ZERO: Self;
+    /// One.
+    const ONE: Self;
+    /// Rounds an `f64` to this type (identity for `f64`).
+    fn from_f64(value: f64) -> Self;
+    /// Widens an `f32` to this type, exactly.
+    fn from_f32(value: f32) -> Self;
+    /// Widens this value to `f64`, exactly.
+    fn to_f64(self) -> f64;
+    /// The correctly rounded square root.
+    fn sqrt(self) -> Self;
+    /// The absolute value.
+    fn abs(self) -> Self;
+    /// Whether the value is NaN.
+    fn is_nan(self) -> bool;
+    /// IEEE 754 total order (used to select quantiles without panicking).
+    fn total_cmp(&self, other: &Self) -> Ordering;
+    /// One draw from the standard normal distribution.
+    fn standard_normal<R: Rng + ?Sized>(rng: &mut R) -> Self;
+}
+
+macro_rules! impl_float {
+    ($t:ty) => {
+        impl DdimFloat for $t {
+            const ZERO: Self = 0.0;
+            const ONE: Self = 1.0;
+            #[inline(always)]
+            fn from_f64(value: f64) -> Self {
+                value as $t
+            }
+            #[inline(always)]
+            fn from_f32(value: f32) -> Self {
+                value as $t
+            }
+            #[inline(always)]
+            fn to_f64(self) -> f64 {
+                self as f64
+            }
+            #[inline(always)]
+            fn sqrt(self) -> Self {
+                <$t>::sqrt(self)
+            }
+            #[inline(always)]
+            fn abs(self) -> Self {
+                <$t>::abs(self)
+            }
+            #[inline(always)]
+            fn is_nan(self) -> bool {
+                <$t>::is_nan(self)
+            }
+            #[inline(always)]
+            fn total_cmp(&self, other: &Self) -> Ordering {
+                <$t>::total_cmp(self, other)
+            }
+            #[inline]
+            fn standard_normal<R: Rng + ?Sized>(rng: &mut R) -> Self {
+                StandardNormal.sample(rng)
+            }
+        }
+    };
+}
+
+impl_float!(f32);
+impl_float!(f64);

@@ -1,0 +1,644 @@
+//! [`DdimScheduler`]: turns a timestep into the scalars of the DDIM update and applies them.
+
+use std::path::Path;
+
+use ndarray::{Array, ArrayBase, ArrayView, Axis, Data, Dimension, Slice};
+use rand::Rng;
+
+use crate::config::{DdimConfig, PredictionType};
+use crate::kernel::{fused_step, weighted_sum, Noise, StepCoefficients, X0Bounds};
+use crate::schedule::Schedule;
+use crate::threshold::dynamic_threshold;
+use crate::timesteps::inference_timesteps;
+use crate::{DdimError, DdimFloat};
+
+/// Options of a stochastic or clipped step. [`Default`] is deterministic DDIM.
+///
+/// ```
+/// let options = ddim::StepOptions { eta: 1.0, ..Default::default() };
+/// assert!(!options.use_clipped_model_output);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct StepOptions {
+    /// Weight of the fresh noise, `eta` of DDIM paper eq. 16: `sigma_t = eta *
+    /// sqrt((1 - alpha_bar_prev) / (1 - alpha_bar_t)) * sqrt(1 - alpha_bar_t / alpha_bar_prev)`.
+    /// 0 is deterministic DDIM, 1 is the DDPM posterior. Must be finite and `>= 0`.
+    pub eta: f64,
+    /// Re-derive the noise prediction from the clipped or thresholded `x0`
+    /// (`eps = (sample - sqrt(alpha_bar_t) * x0) / sqrt(1 - alpha_bar_t)`) instead of using the
+    /// model's own. Without clipping or thresholding it changes nothing but rounding.
+    pub use_clipped_model_output: bool,
+}
+
+/// The result of one step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DdimSchedulerOutput<T, D: Dimension> {
+    /// `x_{t-1}`: the sample at the previous timestep, the next input of the loop.
+    pub prev_sample: Array<T, D>,
+    /// The predicted clean sample `x0` at this step, after clipping or thresholding; useful for
+    /// previews.
+    pub pred_original_sample: Array<T, D>,
+}
+
+/// The DDIM sampler, with the behaviour and numbers of diffusers' `DDIMScheduler`.
+///
+/// Build it from a model's `scheduler_config.json` ([`DdimScheduler::from_pretrained`]) or a
+/// [`DdimConfig`], call [`set_timesteps`](DdimScheduler::set_timesteps), then for every timestep
+/// run the model on [`scale_model_input`](DdimScheduler::scale_model_input) and feed its output
+/// to [`step`](DdimScheduler::step). Array methods are generic over `f32` and `f64`, any
+/// dimensionality, owned arrays and views. The scheduler is `Send + Sync + Clone` and stepping
+/// takes `&self`, so one scheduler can serve many threads.
+///
+/// # Example
+///
+/// ```
+/// use ddim::ndarray::Array4;
+/// use ddim::{DdimConfig, DdimScheduler};
+///
+/// let mut scheduler = DdimScheduler::new(DdimConfig::default())?;
+/// scheduler.set_timesteps(10)?;
+/// assert_eq!(scheduler.timesteps(), &[900, 800, 700, 600, 500, 400, 300, 200, 100, 0]);
+///
+/// let mut latents = Array4::<f32>::from_elem((1, 4, 8, 8), 0.5) * scheduler.init_noise_sigma();
+/// for &t in scheduler.timesteps() {
+///     let input = scheduler.scale_model_input(&latents, t);
+///     let eps = &input * 0.1; // stands in for the model
+///     latents = scheduler.step(&eps, t, &latents)?.prev_sample;
+/// }
+/// assert!(latents.iter().all(|v| v.is_finite()));
+/// # Ok::<(), ddim::DdimError>(())
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct DdimScheduler {
+    config: DdimConfig,
+    schedule: Schedule,
+    timesteps: Vec<usize>,
+    num_inference_steps: Option<usize>,
+}
+
+impl DdimScheduler {
+    /// Builds a scheduler from a configuration.
+    ///
+    /// # Errors
+    ///
+    /// [`DdimError::InvalidConfig`] when the config fails [`DdimConfig::validate`] or its betas
+    /// fall outside `[0, 1)`.
+    pub fn new(config: DdimConfig) -> Result<Self, DdimError> {
+        let schedule = Schedule::new(&config)?;
+        Ok(DdimScheduler {
+            config,
+            schedule,
+            timesteps: Vec::new(),
+            num_inference_steps: None,
+        })
+    }
+
+    /// Builds a scheduler from a diffusers model on disk.
+    ///
+    /// `path` may be a `scheduler_config.json` file, a folder holding one, or a model folder
+    /// holding `scheduler/scheduler_config.json` (the layout of the Hugging Face hub).
+    ///
+    /// # Errors
+    ///
+    /// [`DdimError::ConfigNotFound`] listing the files looked for; then as
+    /// [`DdimConfig::from_file`] and [`DdimScheduler::new`].
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// let scheduler = ddim::DdimScheduler::from_pretrained("models/stable-diffusion-v1-5")?;
+    /// # Ok::<(), ddim::DdimError>(())
+    /// ```
+    pub fn from_pretrained(path: impl AsRef<Path>) -> Result<Self, DdimError> {
+        const FILE: &str = "scheduler_config.json";
+        let path = path.as_ref();
+        let tried = vec![
+            path.to_path_buf(),
+            path.join(FILE),
+            path.join("scheduler").join(FILE),
+        ];
+        match tried.iter().find(|candidate| candidate.is_file()) {
+            Some(file) => Self::new(DdimConfig::from_file(file)?),
+            None => Err(DdimError::ConfigNotFound {
+                path: path.to_path_buf(),
+                tried,
+            }),
+        }
+    }
+
+    /// The configuration the scheduler was built from.
+    pub fn config(&self) -> &DdimConfig {
+        &self.config
+    }
+
+    /// `beta_t` for every training timestep, float32 as in the reference.
+    pub fn betas(&self) -> &[f32] {
+        &self.schedule.betas
+    }
+
+    /// `alpha_bar_t = prod_{s <= t} (1 - beta_s)` for every training timestep: the fraction of
+    /// signal variance left at `t`. Decreasing, in `[0, 1]`.
+    pub fn alphas_cumprod(&self) -> &[f32] {
+        &self.schedule.alphas_cumprod
+    }
+
+    /// The `alpha_bar` that the last step moves to: 1 when `set_alpha_to_one`, else `alpha_bar_0`.
+    pub fn final_alpha_cumprod(&self) -> f32 {
+        self.schedule.final_alpha_cumprod
+    }
+
+    /// Standard deviation of the initial noise: always 1 for DDIM. Multiply the initial
+    /// Gaussian latents by it, as diffusers pipelines do.
+    pub fn init_noise_sigma(&self) -> f32 {
+        1.0
+    }
+
+    /// Chooses `num_inference_steps` timesteps for the sampling loop, following the config's
+    /// `timestep_spacing` (and `steps_offset` for `leading`).
+    ///
+    /// The timesteps are those of the reference, with two exceptions that keep every timestep
+    /// inside `0..num_train_timesteps`: `trailing` spacing drops the `-1` that the reference
+    /// appends for some step counts (61 of 1000, for example), so there are always exactly
+    /// `num_inference_steps` of them; `leading` spacing refuses a `steps_offset` that would
+    /// reach `num_train_timesteps`.
+    ///
+    /// # Errors
+    ///
+    /// [`DdimError::InvalidNumInferenceSteps`] unless `1 <= num_inference_steps <=
+    /// num_train_timesteps`; [`DdimError::ScheduleOutOfRange`] for such a `leading` schedule.
+    /// On error the previous timesteps are kept.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use ddim::{DdimConfig, DdimScheduler, TimestepSpacing};
+    ///
+    /// let config = DdimConfig { timestep_spacing: TimestepSpacing::Trailing, ..Default::default() };
+    /// let mut scheduler = DdimScheduler::new(config)?;
+    /// scheduler.set_timesteps(4)?;
+    /// assert_eq!(scheduler.timesteps(), &[999, 749, 499, 249]);
+    /// assert!(scheduler.set_timesteps(0).is_err());
+    /// # Ok::<(), ddim::DdimError>(())
+    /// ```
+    pub fn set_timesteps(&mut self, num_inference_steps: usize) -> Result<(), DdimError> {
+        self.timesteps = inference_timesteps(&self.config, num_inference_steps)?;
+        self.num_inference_steps = Some(num_inference_steps);
+        Ok(())
+    }
+
+    /// The inference timesteps, in the descending order the loop visits them; empty before
+    /// [`set_timesteps`](DdimScheduler::set_timesteps).
+    pub fn timesteps(&self) -> &[usize] {
+        &self.timesteps
+    }
+
+    /// The step count of the last successful [`set_timesteps`](DdimScheduler::set_timesteps).
+    pub fn num_inference_steps(&self) -> Option<usize> {
+        self.num_inference_steps
+    }
+
+    /// The model input at `timestep`: DDIM does not scale it, so this is a copy of `sample`.
+    /// Call it anyway, so that the loop stays correct under other schedulers' conventions.
+    pub fn scale_model_input<T, S, D>(
+        &self,
+        sample: &ArrayBase<S, D>,
+        timestep: usize,
+    ) -> Array<T, D>
+    where
+        T: DdimFloat,
+        S: Data<Elem = T>,
+        D: Dimension,
+    {
+        let _ = timestep;
+        sample.to_owned()
+    }
+
+    /// One deterministic DDIM step (eta = 0, DDIM paper eq. 12) from `timestep` to the previous
+    /// timestep of the schedule.
+    ///
+    /// With `alpha_bar_t` at `timestep` and `alpha_bar_prev` at `timestep -
+    /// num_train_timesteps / num_inference_steps` (or
+    /// [`final_alpha_cumprod`](DdimScheduler::final_alpha_cumprod) past the first timestep):
+    /// `x0` and `eps` are read from the model output according to the prediction type, `x0` is
+    /// thresholded or clipped if configured, and
+    /// `prev_sample = sqrt(alpha_bar_prev) * x0 + sqrt(1 - alpha_bar_prev) * eps`.
+    ///
+    /// `timestep` may be any training timestep, on the schedule or not, as in the reference.
+    ///
+    /// # Errors
+    ///
+    /// [`DdimError::TimestepsNotSet`] before `set_timesteps`; [`DdimError::TimestepOutOfRange`]
+    /// for `timestep >= num_train_timesteps`; [`DdimError::ShapeMismatch`] when the shapes of
+    /// `model_output` and `sample` differ; [`DdimError::TooFewAxes`] when thresholding an array
+    /// with fewer than two axes (batch and features).
+    pub fn step<T, S1, S2, D>(
+        &self,
+        model_output: &ArrayBase<S1, D>,
+        timestep: usize,
+        sample: &ArrayBase<S2, D>,
+    ) -> Result<DdimSchedulerOutput<T, D>, DdimError>
+    where
+        T: DdimFloat,
+        S1: Data<Elem = T>,
+        S2: Data<Elem = T>,
+        D: Dimension,
+    {
+        let noise: Noise<'_, T, D, _> = Noise::Drawn(|| T::ZERO);
+        self.step_impl(
+            model_output.view(),
+            timestep,
+            sample.view(),
+            &StepOptions::default(),
+            noise,
+        )
+    }
+
+    /// A step with options and caller-provided noise (DDIM paper eq. 12 with `sigma_t` of
+    /// eq. 16): `prev_sample` gains `sigma_t * variance_noise`, and the direction term becomes
+    /// `sqrt(1 - alpha_bar_prev - sigma_t^2) * eps`.
+    ///
+    /// `variance_noise` is read only when `eta > 0` (as in the reference), but its shape is
+    /// always checked. If rounding makes `1 - alpha_bar_prev - sigma_t^2` negative (eta = 1 at
+    /// a zero-terminal-SNR schedule's last step), it is taken as 0; the reference returns NaN
+    /// there. For `eta > 1` the same clamp applies.
+    ///
+    /// # Errors
+    ///
+    /// As [`step`](DdimScheduler::step), plus [`DdimError::InvalidEta`] for a negative or
+    /// non-finite eta and [`DdimError::ShapeMismatch`] for noise of another shape.
+    pub fn step_with_noise<T, S1, S2, S3, D>(
+        &self,
+        model_output: &ArrayBase<S1, D>,
+        timestep: usize,
+        sample: &ArrayBase<S2, D>,
+        options: &StepOptions,
+        variance_noise: &ArrayBase<S3, D>,
+    ) -> Result<DdimSchedulerOutput<T, D>, DdimError>
+    where
+        T: DdimFloat,
+        S1: Data<Elem = T>,
+        S2: Data<Elem = T>,
+        S3: Data<Elem = T>,
+        D: Dimension,
+    {
+        check_same_shape("variance_noise", variance_noise.shape(), sample.shape())?;
+        let (m, s) = (model_output.view(), sample.view());
+        if options.eta > 0.0 {
+            let noise: Noise<'_, T, D, fn() -> T> = Noise::Given(variance_noise.view());
+            self.step_impl(m, timestep, s, options, noise)
+        } else {
+            self.step_impl(m, timestep, s, options, Noise::Drawn(|| T::ZERO))
+        }
+    }
+
+    /// A step with options and noise drawn from the caller's random number generator: one
+    /// standard normal draw per element, in the order of the elements (row-major for
+    /// standard-layout arrays), and no draw at all when `eta == 0`.
+    ///
+    /// # Errors
+    ///
+    /// As [`step_with_noise`](DdimScheduler::step_with_noise).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use ddim::ndarray::Array2;
+    /// use ddim::{DdimConfig, DdimScheduler, StepOptions};
+    /// use rand::SeedableRng;
+    ///
+    /// let mut scheduler = DdimScheduler::new(DdimConfig::default())?;
+    /// scheduler.set_timesteps(20)?;
+    /// let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    /// let sample = Array2::<f64>::zeros((2, 3));
+    /// let eps = Array2::<f64>::ones((2, 3));
+    /// let options = StepOptions { eta: 1.0, ..Default::default() };
+    /// let out = scheduler.step_with_rng(&eps, 500, &sample, &options, &mut rng)?;
+    /// assert_eq!(out.prev_sample.shape(), &[2, 3]);
+    /// # Ok::<(), ddim::DdimError>(())
+    /// ```
+    pub fn step_with_rng<T, S1, S2, D, R>(
+        &self,
+        model_output: &ArrayBase<S1, D>,
+        timestep: usize,
+        sample: &ArrayBase<S2, D>,
+        options: &StepOptions,
+        rng: &mut R,
+    ) -> Result<DdimSchedulerOutput<T, D>, DdimError>
+    where
+        T: DdimFloat,
+        S1: Data<Elem = T>,
+        S2: Data<Elem = T>,
+        D: Dimension,
+        R: Rng + ?Sized,
+    {
+        let (m, s) = (model_output.view(), sample.view());
+        if options.eta > 0.0 {
+            self.step_impl(
+                m,
+                timestep,
+                s,
+                options,
+                Noise::Drawn(|| T::standard_normal(rng)),
+            )
+        } else {
+            self.step_impl(m, timestep, s, options, Noise::Drawn(|| T::ZERO))
+        }
+    }
+
+    /// Diffuses clean samples to the given timesteps, one per batch item (axis 0):
+    /// `sqrt(alpha_bar_t) * original_samples + sqrt(1 - alpha_bar_t) * noise` (DDPM eq. 4).
+    ///
+    /// The square roots are taken in the element type, as the reference does here.
+    ///
+    /// # Errors
+    ///
+    /// [`DdimError::ShapeMismatch`] when the shapes differ; [`DdimError::TooFewAxes`] for a
+    /// 0-dimensional array; [`DdimError::BatchSizeMismatch`] unless there is one timestep per
+    /// batch item; [`DdimError::TimestepOutOfRange`] for a timestep `>= num_train_timesteps`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use ddim::ndarray::array;
+    /// use ddim::{DdimConfig, DdimScheduler};
+    ///
+    /// let scheduler = DdimScheduler::new(DdimConfig::default())?;
+    /// let x0 = array![[1.0f32, -1.0], [0.5, 0.0]];
+    /// let noise = array![[0.0f32, 0.0], [1.0, 1.0]];
+    /// let noisy = scheduler.add_noise(&x0, &noise, &[0, 999])?;
+    /// assert!((noisy[[0, 0]] - 1.0).abs() < 1e-4); // almost no noise at t = 0
+    /// assert!((noisy[[1, 1]] - 1.0).abs() < 1e-2); // almost only noise at t = 999
+    /// # Ok::<(), ddim::DdimError>(())
+    /// ```
+    pub fn add_noise<T, S1, S2, D>(
+        &self,
+        original_samples: &ArrayBase<S1, D>,
+        noise: &ArrayBase<S2, D>,
+        timesteps: &[usize],
+    ) -> Result<Array<T, D>, DdimError>
+    where
+        T: DdimFloat,
+        S1: Data<Elem = T>,
+        S2: Data<Elem = T>,
+        D: Dimension,
+    {
+        check_same_shape("noise", noise.shape(), original_samples.shape())?;
+        self.per_item_blend(
+            original_samples.view(),
+            noise.view(),
+            timesteps,
+            |sa, sb| (sa, sb),
+        )
+    }
+
+    /// The velocity target of v-prediction models for the given timesteps, one per batch item
+    /// (axis 0): `sqrt(alpha_bar_t) * noise - sqrt(1 - alpha_bar_t) * sample`
+    /// (Salimans and Ho 2022, section 4).
+    ///
+    /// # Errors
+    ///
+    /// As [`add_noise`](DdimScheduler::add_noise).
+    pub fn get_velocity<T, S1, S2, D>(
+        &self,
+        sample: &ArrayBase<S1, D>,
+        noise: &ArrayBase<S2, D>,
+        timesteps: &[usize],
+    ) -> Result<Array<T, D>, DdimError>
+    where
+        T: DdimFloat,
+        S1: Data<Elem = T>,
+        S2: Data<Elem = T>,
+        D: Dimension,
+    {
+        check_same_shape("noise", noise.shape(), sample.shape())?;
+        self.per_item_blend(sample.view(), noise.view(), timesteps, |sa, sb| (-sb, sa))
+    }
+
+    /// `alpha_bar` at a training timestep.
+    fn alpha_bar(&self, timestep: usize) -> Result<f32, DdimError> {
+        self.schedule
+            .alphas_cumprod
+            .get(timestep)
+            .copied()
+            .ok_or(DdimError::TimestepOutOfRange {
+                timestep,
+                num_train_timesteps: self.config.num_train_timesteps,
+            })
+    }
+
+    /// The scalars of the update at `timestep`, computed in float32 with the reference's
+    /// operations, so that they are the reference's scalars to the bit.
+    fn coefficients(
+        &self,
+        timestep: usize,
+        options: &StepOptions,
+    ) -> Result<StepCoefficients<f32>, DdimError> {
+        let eta = options.eta;
+        if !(eta.is_finite() && eta >= 0.0) {
+            return Err(DdimError::InvalidEta { eta });
+        }
+        let n = self.num_inference_steps.ok_or(DdimError::TimestepsNotSet)?;
+        let alpha_t = self.alpha_bar(timestep)?;
+        let alpha_prev = match timestep.checked_sub(self.config.num_train_timesteps / n) {
+            Some(prev) => self.alpha_bar(prev)?,
+            None => self.schedule.final_alpha_cumprod,
+        };
+        let beta_t = 1.0 - alpha_t;
+        let beta_prev = 1.0 - alpha_prev;
+        // sigma_t of DDIM eq. 16; not evaluated at eta = 0, where it is 0 whatever the tables.
+        let sigma = if eta > 0.0 {
+            let variance = non_negative((beta_prev / beta_t) * (1.0 - alpha_t / alpha_prev));
+            eta as f32 * variance.sqrt()
+        } else {
+            0.0
+        };
+        let direction = non_negative((1.0 - alpha_prev) - sigma * sigma).sqrt();
+        let (sa, sb) = (alpha_t.sqrt(), beta_t.sqrt());
+
+        // x0 = (a*sample + b*output) / q and eps = (c*sample + d*output) / u, by prediction type
+        // (DDIM eq. 9 solved for x0 or eps, and Salimans and Ho's v).
+        let (a, b, q, c, d, u) = match self.config.prediction_type {
+            PredictionType::Epsilon => (1.0, -sb, sa, 0.0, 1.0, 1.0),
+            PredictionType::Sample => (0.0, 1.0, 1.0, 1.0, -sa, sb),
+            PredictionType::VPrediction => (sa, -sb, 1.0, sb, sa, 1.0),
+        };
+        // With use_clipped_model_output, eps = (sample - sa * x0) / sb from the clipped x0.
+        let (c, d, h, u) = if options.use_clipped_model_output {
+            (1.0, 0.0, -sa, sb)
+        } else {
+            (c, d, 0.0, u)
+        };
+        Ok(StepCoefficients {
+            x0_from_sample: a,
+            x0_from_output: b,
+            x0_divisor: q,
+            eps_from_sample: c,
+            eps_from_output: d,
+            eps_from_x0: h,
+            eps_divisor: u,
+            prev_from_x0: alpha_prev.sqrt(),
+            prev_from_eps: direction,
+            prev_from_noise: sigma,
+        })
+    }
+
+    /// Every step flavour ends here: checks, coefficients, then one fused pass (per batch item
+    /// when thresholding).
+    fn step_impl<T, D, F>(
+        &self,
+        model_output: ArrayView<'_, T, D>,
+        timestep: usize,
+        sample: ArrayView<'_, T, D>,
+        options: &StepOptions,
+        noise: Noise<'_, T, D, F>,
+    ) -> Result<DdimSchedulerOutput<T, D>, DdimError>
+    where
+        T: DdimFloat,
+        D: Dimension,
+        F: FnMut() -> T,
+    {
+        check_same_shape("model_output", model_output.shape(), sample.shape())?;
+        let k = self.coefficients(timestep, options)?.widen::<T>();
+        let mut prev_sample = Array::from_elem(sample.raw_dim(), T::ZERO);
+        let mut pred_original_sample = Array::from_elem(sample.raw_dim(), T::ZERO);
+
+        if !self.config.thresholding {
+            let bounds = if self.config.clip_sample {
+                X0Bounds::symmetric(T::from_f64(self.config.clip_sample_range))
+            } else {
+                X0Bounds::unbounded()
+            };
+            fused_step(
+                &k,
+                &bounds,
+                model_output,
+                sample,
+                noise,
+                prev_sample.view_mut(),
+                pred_original_sample.view_mut(),
+            );
+            return Ok(DdimSchedulerOutput {
+                prev_sample,
+                pred_original_sample,
+            });
+        }
+
+        if sample.ndim() < 2 {
+            return Err(DdimError::TooFewAxes {
+                operation: "dynamic thresholding (batch axis and at least one feature axis)",
+                found: sample.ndim(),
+                required: 2,
+            });
+        }
+        let ratio = T::from_f64(self.config.dynamic_thresholding_ratio);
+        let max_value = T::from_f64(self.config.sample_max_value);
+        let items_len = sample.len() / sample.len_of(Axis(0)).max(1);
+        let mut scratch = Vec::with_capacity(items_len);
+        let mut noise = noise;
+        for i in 0..sample.len_of(Axis(0)) {
+            let item = Slice::from(i..=i);
+            let (m, s) = (
+                model_output.slice_axis(Axis(0), item),
+                sample.slice_axis(Axis(0), item),
+            );
+            scratch.clear();
+            scratch.extend(m.iter().zip(s.iter()).map(|(&m, &s)| k.raw_x0(s, m).abs()));
+            let threshold = dynamic_threshold(&mut scratch, ratio, max_value);
+            let bounds = X0Bounds {
+                lo: -threshold,
+                hi: threshold,
+                divisor: threshold,
+            };
+            let item_noise: Noise<'_, T, D, &mut F> = match &mut noise {
+                Noise::Given(view) => Noise::Given(view.slice_axis(Axis(0), item)),
+                Noise::Drawn(draw) => Noise::Drawn(draw),
+            };
+            fused_step(
+                &k,
+                &bounds,
+                m,
+                s,
+                item_noise,
+                prev_sample.slice_axis_mut(Axis(0), item),
+                pred_original_sample.slice_axis_mut(Axis(0), item),
+            );
+        }
+        Ok(DdimSchedulerOutput {
+            prev_sample,
+            pred_original_sample,
+        })
+    }
+
+    /// `w_a * a + w_b * b` per batch item, with `(w_a, w_b) = weights(sqrt(alpha_bar_t),
+    /// sqrt(1 - alpha_bar_t))` in the element type.
+    fn per_item_blend<T, D>(
+        &self,
+        a: ArrayView<'_, T, D>,
+        b: ArrayView<'_, T, D>,
+        timesteps: &[usize],
+        weights: impl Fn(T, T) -> (T, T),
+    ) -> Result<Array<T, D>, DdimError>
+    where
+        T: DdimFloat,
+        D: Dimension,
+    {
+        if a.ndim() == 0 {
+            return Err(DdimError::TooFewAxes {
+                operation: "per-batch-item timesteps (axis 0 is the batch)",
+                found: 0,
+                required: 1,
+            });
+        }
+        let batch_size = a.len_of(Axis(0));
+        if timesteps.len() != batch_size {
+            return Err(DdimError::BatchSizeMismatch {
+                count: timesteps.len(),
+                batch_size,
+            });
+        }
+        let alphas = timesteps
+            .iter()
+            .map(|&t| self.alpha_bar(t).map(T::from_f32))
+            .collect::<Result<Vec<T>, _>>()?;
+        let mut out = Array::from_elem(a.raw_dim(), T::ZERO);
+        for (i, alpha) in alphas.into_iter().enumerate() {
+            let item = Slice::from(i..=i);
+            let (wa, wb) = weights(alpha.sqrt(), (T::ONE - alpha).sqrt());
+            weighted_sum(
+                wa,
+                a.slice_axis(Axis(0), item),
+                wb,
+                b.slice_axis(Axis(0), item),
+                out.slice_axis_mut(Axis(0), item),
+            );
+        }
+        Ok(out)
+    }
+}
+
+/// Clamps a value that can only be negative through rounding to 0 (NaN passes through).
+fn non_negative(x: f32) -> f32 {
+    if x < 0.0 {
+        0.0
+    } else {
+        x
+    }
+}
+
+/// Checks that `found` (of the array called `name`) equals the sample's shape.
+fn check_same_shape(
+    name: &'static str,
+    found: &[usize],
+    expected: &[usize],
+) -> Result<(), DdimError> {
+    if found == expected {
+        Ok(())
+    } else {
+        Err(DdimError::ShapeMismatch {
+            name,
+            found: found.to_vec(),
+            reference_name: "sample",
+            expected: expected.to_vec(),
+        })
+    }
+}

@@ -1,0 +1,100 @@
+//! Dynamic thresholding (Saharia et al. 2022, "Photorealistic Text-to-Image Diffusion Models
+//! with Deep Language Understanding", section 2.3): the per-batch-item threshold `s`.
+
+use crate::DdimFloat;
+
+/// The threshold `s` of one batch item: the `ratio` quantile of `|x0|` over the item's elements,
+/// clamped to `[1, max_value]` (to `max_value` when `max_value < 1`, as `torch.clamp` does).
+///
+/// `abs_x0` holds `|x0|` and is reordered in place. The quantile interpolates linearly between
+/// the two nearest order statistics like `torch.quantile`: rank `r = ratio * (len - 1)` computed
+/// in the element type, `lo = floor(r)`, `hi = ceil(r)`, and `torch.lerp`'s two-sided formula.
+/// It is found by selection, in linear time. NaN anywhere gives NaN. An empty slice gives 1.
+pub(crate) fn dynamic_threshold<T: DdimFloat>(abs_x0: &mut [T], ratio: T, max_value: T) -> T {
+    let q = match quantile(abs_x0, ratio) {
+        Some(q) => q,
+        None => return clamp_threshold(T::ONE, max_value),
+    };
+    if q.is_nan() {
+        return q;
+    }
+    clamp_threshold(q, max_value)
+}
+
+/// `min(max(s, 1), max_value)`.
+fn clamp_threshold<T: DdimFloat>(s: T, max_value: T) -> T {
+    let s = if s < T::ONE { T::ONE } else { s };
+    if s > max_value {
+        max_value
+    } else {
+        s
+    }
+}
+
+/// The linearly interpolated `ratio` quantile of `values` (reordered in place); `None` when empty.
+fn quantile<T: DdimFloat>(values: &mut [T], ratio: T) -> Option<T> {
+    let last = values.len().checked_sub(1)?;
+    if values.iter().any(|v| v.is_nan()) {
+        return Some(T::from_f64(f64::NAN));
+    }
+    let rank = ratio * T::from_f64(last as f64);
+    let rank_f64 = rank.to_f64();
+    let lo = (rank_f64.floor() as usize).min(last);
+    let hi = (rank_f64.ceil() as usize).min(last);
+    let weight = rank - T::from_f64(lo as f64);
+    let (_, &mut below, upper) = values.select_nth_unstable_by(lo, T::total_cmp);
+    let above = if hi > lo {
+        // The smallest value of the upper partition is the order statistic `lo + 1 == hi`.
+        upper.iter().copied().min_by(T::total_cmp).unwrap_or(below)
+    } else {
+        below
+    };
+    Some(lerp(below, above, weight))
+}
+
+/// `torch.lerp(start, end, weight)`: `start + w (end - start)` for `|w| < 0.5`, else
+/// `end - (end - start)(1 - w)`, so that both endpoints are exact.
+fn lerp<T: DdimFloat>(start: T, end: T, weight: T) -> T {
+    let half = T::from_f64(0.5);
+    if weight.abs() < half {
+        start + weight * (end - start)
+    } else {
+        end - (end - start) * (T::ONE - weight)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sorted_quantile(values: &[f64], ratio: f64) -> f64 {
+        let mut v = values.to_vec();
+        v.sort_by(f64::total_cmp);
+        let rank = ratio * (v.len() - 1) as f64;
+        let (lo, hi) = (rank.floor() as usize, rank.ceil() as usize);
+        lerp(v[lo], v[hi], rank - lo as f64)
+    }
+
+    #[test]
+    fn selection_quantile_matches_sorting() {
+        let values: Vec<f64> = (0..101).map(|i| ((i * 37) % 101) as f64 * 0.25).collect();
+        for ratio in [0.0, 0.1, 0.5, 0.9, 0.995, 1.0] {
+            let mut scratch = values.clone();
+            assert_eq!(
+                quantile(&mut scratch, ratio),
+                Some(sorted_quantile(&values, ratio)),
+                "ratio {ratio}"
+            );
+        }
+    }
+
+    #[test]
+    fn threshold_is_clamped_to_one_and_max_value() {
+        assert_eq!(dynamic_threshold(&mut [0.1f32, 0.2], 1.0, 3.0), 1.0);
+        assert_eq!(dynamic_threshold(&mut [10.0f32, 20.0], 1.0, 3.0), 3.0);
+        // A max_value below 1 wins, as with torch.clamp(min=1, max=0.5).
+        assert_eq!(dynamic_threshold(&mut [10.0f32], 0.5, 0.5), 0.5);
+        assert!(dynamic_threshold(&mut [1.0f32, f32::NAN], 0.5, 2.0).is_nan());
+        assert_eq!(dynamic_threshold::<f32>(&mut [], 0.5, 2.0), 1.0);
+    }
+}

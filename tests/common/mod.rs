@@ -1,0 +1,193 @@
+//! Shared helpers of the integration tests: reading the golden fixtures written by
+//! `scripts/generate_golden.py` and comparing arrays with a tolerance.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use ddim::ndarray::{ArrayD, IxDyn};
+use ddim::{DdimConfig, DdimScheduler};
+use serde_json::Value;
+
+/// `tests/fixtures/<rest>`.
+pub fn fixture_path(rest: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(rest)
+}
+
+/// Parses `tests/fixtures/golden/<name>.json` and checks that it came from the reference.
+pub fn golden(name: &str) -> Value {
+    let path = fixture_path(&format!("golden/{name}.json"));
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let value: Value = serde_json::from_str(&text).expect("fixture is JSON");
+    assert_eq!(value["versions"]["diffusers"], "0.42.1", "fixture {name}");
+    value
+}
+
+/// The `cases` array of a fixture.
+pub fn cases(fixture: &Value) -> &Vec<Value> {
+    fixture["cases"].as_array().expect("cases")
+}
+
+/// A decoded fixture array.
+#[derive(Debug, Clone)]
+pub enum Tensor {
+    F32(ArrayD<f32>),
+    F64(ArrayD<f64>),
+}
+
+impl Tensor {
+    pub fn f32(&self) -> &ArrayD<f32> {
+        match self {
+            Tensor::F32(a) => a,
+            Tensor::F64(_) => panic!("expected an f32 tensor"),
+        }
+    }
+
+    pub fn f64(&self) -> &ArrayD<f64> {
+        match self {
+            Tensor::F64(a) => a,
+            Tensor::F32(_) => panic!("expected an f64 tensor"),
+        }
+    }
+
+    /// The values widened to f64, in row-major order.
+    pub fn values(&self) -> Vec<f64> {
+        match self {
+            Tensor::F32(a) => a.iter().map(|&v| f64::from(v)).collect(),
+            Tensor::F64(a) => a.iter().copied().collect(),
+        }
+    }
+}
+
+fn hex_bytes(hex: &str) -> Vec<u8> {
+    assert!(hex.len() % 2 == 0, "odd hex length");
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex digit"))
+        .collect()
+}
+
+/// Decodes `{"dtype", "shape", "hex"}`.
+pub fn tensor(value: &Value) -> Tensor {
+    let shape: Vec<usize> = value["shape"]
+        .as_array()
+        .expect("shape")
+        .iter()
+        .map(|d| d.as_u64().expect("dim") as usize)
+        .collect();
+    let bytes = hex_bytes(value["hex"].as_str().expect("hex"));
+    match value["dtype"].as_str().expect("dtype") {
+        "f32" => {
+            let data = bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            Tensor::F32(ArrayD::from_shape_vec(IxDyn(&shape), data).expect("shape"))
+        }
+        "f64" => {
+            let data = bytes
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
+                .collect();
+            Tensor::F64(ArrayD::from_shape_vec(IxDyn(&shape), data).expect("shape"))
+        }
+        other => panic!("unknown dtype {other}"),
+    }
+}
+
+/// Every entry of a fixture's `inputs` object, decoded.
+pub fn inputs(fixture: &Value) -> HashMap<String, Tensor> {
+    fixture["inputs"]
+        .as_object()
+        .expect("inputs")
+        .iter()
+        .map(|(k, v)| (k.clone(), tensor(v)))
+        .collect()
+}
+
+/// The case's config, read through the crate's own JSON loader as a user's file would be.
+pub fn config(case: &Value) -> DdimConfig {
+    let text = serde_json::to_string(&case["config"]).expect("config serialises");
+    DdimConfig::from_json_str(&text)
+        .unwrap_or_else(|e| panic!("case {}: config rejected: {e}", case["name"]))
+}
+
+pub fn scheduler(case: &Value) -> DdimScheduler {
+    DdimScheduler::new(config(case))
+        .unwrap_or_else(|e| panic!("case {}: scheduler rejected: {e}", case["name"]))
+}
+
+pub fn name(case: &Value) -> &str {
+    case["name"].as_str().expect("name")
+}
+
+/// Asserts `|ours - reference| <= abs + rel * |reference|` for every element; NaN must meet NaN.
+/// Reports the worst element on failure.
+/// Panics with the worst element otherwise.
+pub fn assert_close(what: &str, ours: &[f64], reference: &[f64], abs: f64, rel: f64) {
+    assert_eq!(ours.len(), reference.len(), "{what}: length");
+    let mut worst: Option<(usize, f64)> = None;
+    for (i, (&o, &r)) in ours.iter().zip(reference).enumerate() {
+        if r.is_nan() || o.is_nan() {
+            assert!(
+                r.is_nan() && o.is_nan(),
+                "{what}: element {i}: ours {o}, reference {r}"
+            );
+            continue;
+        }
+        if r.is_infinite() || o.is_infinite() {
+            assert_eq!(o, r, "{what}: element {i}");
+            continue;
+        }
+        let excess = (o - r).abs() - (abs + rel * r.abs());
+        if excess > 0.0 && worst.is_none_or(|(_, w)| excess > w) {
+            worst = Some((i, excess));
+        }
+    }
+    if let Some((i, _)) = worst {
+        panic!(
+            "{what}: element {i} is {}, reference {} (difference {:e}, allowed {:e} + {:e} * |reference|)",
+            ours[i],
+            reference[i],
+            (ours[i] - reference[i]).abs(),
+            abs,
+            rel
+        );
+    }
+}
+
+/// Like [`assert_close`], with a per-element `allowance` added to the tolerance. Returns how many
+/// elements needed it.
+pub fn assert_close_with_allowance(
+    what: &str,
+    ours: &[f64],
+    reference: &[f64],
+    abs: f64,
+    rel: f64,
+    allowance: &[f64],
+) -> usize {
+    assert_eq!(ours.len(), allowance.len(), "{what}: allowance length");
+    let mut needed = 0;
+    for (i, ((&o, &r), &extra)) in ours.iter().zip(reference).zip(allowance).enumerate() {
+        if o.is_nan() || r.is_nan() {
+            assert!(
+                o.is_nan() && r.is_nan(),
+                "{what}: element {i}: ours {o}, reference {r}"
+            );
+            continue;
+        }
+        let diff = (o - r).abs();
+        let tolerance = abs + rel * r.abs();
+        if diff > tolerance {
+            assert!(
+                diff <= tolerance + extra,
+                "{what}: element {i} is {o}, reference {r} (difference {diff:e}, allowed {tolerance:e} + conditioning allowance {extra:e})"
+            );
+            needed += 1;
+        }
+    }
+    needed
+}
