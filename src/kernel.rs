@@ -119,17 +119,30 @@ impl<T: DdimFloat> X0Bounds<T> {
 }
 
 /// One element of the update: returns `(prev_sample, pred_original_sample)`.
+///
+/// The const parameters switch off the operations that are identities for the coefficients at
+/// hand (a division by exactly 1, a clamp to `[-inf, inf]` followed by a division by 1), so that
+/// the common cases do not pay for divisions they do not need; the result is bit-for-bit the same.
 #[inline(always)]
-fn update<T: DdimFloat>(
+fn update<T: DdimFloat, const DIVIDE_X0: bool, const BOUND_X0: bool, const DIVIDE_EPS: bool>(
     k: &StepCoefficients<T>,
     bounds: &X0Bounds<T>,
     sample: T,
     model_output: T,
     noise: T,
 ) -> (T, T) {
-    let x0 = bounds.apply(k.raw_x0(sample, model_output));
-    let eps = (k.eps_from_sample * sample + k.eps_from_output * model_output + k.eps_from_x0 * x0)
-        / k.eps_divisor;
+    let mut x0 = k.x0_from_sample * sample + k.x0_from_output * model_output;
+    if DIVIDE_X0 {
+        x0 = x0 / k.x0_divisor;
+    }
+    if BOUND_X0 {
+        x0 = bounds.apply(x0);
+    }
+    let mut eps =
+        k.eps_from_sample * sample + k.eps_from_output * model_output + k.eps_from_x0 * x0;
+    if DIVIDE_EPS {
+        eps = eps / k.eps_divisor;
+    }
     let prev = k.prev_from_x0 * x0 + k.prev_from_eps * eps + k.prev_from_noise * noise;
     (prev, x0)
 }
@@ -158,17 +171,92 @@ pub(crate) fn fused_step<T, D, F>(
     D: Dimension,
     F: FnMut() -> T,
 {
-    let zip = Zip::from(prev_sample)
-        .and(pred_original_sample)
-        .and(&sample)
-        .and(&model_output);
+    let (m, s, z, p, x) = (
+        model_output,
+        sample,
+        noise,
+        prev_sample,
+        pred_original_sample,
+    );
+    let divide_x0 = k.x0_divisor != T::ONE;
+    let bound_x0 = *bounds != X0Bounds::unbounded();
+    let divide_eps = k.eps_divisor != T::ONE;
+    // One instance of the loop per combination of the identities `update` can skip.
+    macro_rules! run {
+        ($a:literal, $b:literal, $c:literal) => {
+            for_each_element(m, s, z, p, x, |s, m, z| {
+                update::<T, $a, $b, $c>(k, bounds, s, m, z)
+            })
+        };
+    }
+    match (divide_x0, bound_x0, divide_eps) {
+        (false, false, false) => run!(false, false, false),
+        (false, false, true) => run!(false, false, true),
+        (false, true, false) => run!(false, true, false),
+        (false, true, true) => run!(false, true, true),
+        (true, false, false) => run!(true, false, false),
+        (true, false, true) => run!(true, false, true),
+        (true, true, false) => run!(true, true, false),
+        (true, true, true) => run!(true, true, true),
+    }
+}
+
+/// Runs `element(sample, model_output, noise) -> (prev, x0)` over every element: over plain
+/// slices when every array is contiguous and row-major (a loop the compiler vectorises),
+/// through `Zip` for any other layout.
+#[inline(always)]
+fn for_each_element<T, D, F>(
+    model_output: ArrayView<'_, T, D>,
+    sample: ArrayView<'_, T, D>,
+    noise: Noise<'_, T, D, F>,
+    mut prev_sample: ArrayViewMut<'_, T, D>,
+    mut pred_original_sample: ArrayViewMut<'_, T, D>,
+    element: impl Fn(T, T, T) -> (T, T),
+) where
+    T: DdimFloat,
+    D: Dimension,
+    F: FnMut() -> T,
+{
+    let (p, x) = (&mut prev_sample, &mut pred_original_sample);
     match noise {
-        Noise::Given(noise) => zip.and(&noise).for_each(|p, x, &s, &m, &z| {
-            (*p, *x) = update(k, bounds, s, m, z);
-        }),
-        Noise::Drawn(mut draw) => zip.for_each(|p, x, &s, &m| {
-            (*p, *x) = update(k, bounds, s, m, draw());
-        }),
+        Noise::Given(z) => {
+            if let (Some(p), Some(x), Some(s), Some(m), Some(z)) = (
+                p.as_slice_mut(),
+                x.as_slice_mut(),
+                sample.as_slice(),
+                model_output.as_slice(),
+                z.as_slice(),
+            ) {
+                for ((p, x), ((&s, &m), &z)) in p.iter_mut().zip(x).zip(s.iter().zip(m).zip(z)) {
+                    (*p, *x) = element(s, m, z);
+                }
+            } else {
+                Zip::from(p)
+                    .and(x)
+                    .and(&sample)
+                    .and(&model_output)
+                    .and(&z)
+                    .for_each(|p, x, &s, &m, &z| (*p, *x) = element(s, m, z));
+            }
+        }
+        Noise::Drawn(mut draw) => {
+            if let (Some(p), Some(x), Some(s), Some(m)) = (
+                p.as_slice_mut(),
+                x.as_slice_mut(),
+                sample.as_slice(),
+                model_output.as_slice(),
+            ) {
+                for ((p, x), (&s, &m)) in p.iter_mut().zip(x).zip(s.iter().zip(m)) {
+                    (*p, *x) = element(s, m, draw());
+                }
+            } else {
+                Zip::from(p)
+                    .and(x)
+                    .and(&sample)
+                    .and(&model_output)
+                    .for_each(|p, x, &s, &m| (*p, *x) = element(s, m, draw()));
+            }
+        }
     }
 }
 

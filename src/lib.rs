@@ -79,3 +79,8 @@ pub use config::{BetaSchedule, DdimConfig, PredictionType, TimestepSpacing, MAX_
 pub use error::DdimError;
 pub use float::DdimFloat;
 pub use scheduler::{DdimScheduler, DdimSchedulerOutput, StepOptions};
+
+/// The README's examples, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
