@@ -35,7 +35,9 @@ Encoding used in the fixture files:
 import copy
 import json
 import platform
+import shutil
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -50,6 +52,7 @@ EXPECTED = {"diffusers": "0.42.1", "torch": "2.15.0", "numpy": "2.4.6", "python"
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = ROOT / "tests" / "fixtures" / "configs"
 OUT_DIR = ROOT / "tests" / "fixtures" / "golden"
+WRITTEN_DIR = ROOT / "tests" / "fixtures" / "written"
 GENERATOR_NAME = "scripts/generate_golden.py"
 
 SCALED_LINEAR = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
@@ -496,6 +499,37 @@ def gen_loops(real):
 # --------------------------------------------------------------------------
 
 
+# --------------------------------------------------------------------------
+# 6. configs written by the crate, loaded back by diffusers
+
+CONFIG_KEYS = (
+    "num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
+    "clip_sample", "set_alpha_to_one", "steps_offset", "prediction_type", "thresholding",
+    "dynamic_thresholding_ratio", "clip_sample_range", "sample_max_value", "timestep_spacing",
+    "rescale_betas_zero_snr",
+)
+
+
+def gen_reference_loads():
+    """Load each `tests/fixtures/written/*.json` (written by the crate's `to_json_string`) the
+    way a pipeline does, from a model folder's `scheduler/` subfolder, and record what diffusers
+    read: the class the file names and the value of every DDIM key."""
+    cases = []
+    for path in sorted(WRITTEN_DIR.glob("*.json")):
+        with tempfile.TemporaryDirectory() as model:
+            folder = Path(model) / "scheduler"
+            folder.mkdir()
+            shutil.copy(path, folder / "scheduler_config.json")
+            class_name = DDIMScheduler.load_config(model, subfolder="scheduler")["_class_name"]
+            scheduler = DDIMScheduler.from_pretrained(model, subfolder="scheduler")
+        config = {}
+        for key in CONFIG_KEYS:
+            value = scheduler.config[key]
+            config[key] = list(value) if isinstance(value, (list, tuple)) else value
+        cases.append({"name": path.stem, "class": class_name, "config": config})
+    return cases
+
+
 def main():
     check_versions()
     OUT_DIR.mkdir(parents=True, exist_ok=True)
@@ -517,7 +551,10 @@ def main():
     inputs, cases = gen_loops(real)
     write_fixture("loops.json", {"inputs": inputs, "cases": cases})
 
-    for fname in ("schedules.json", "timesteps.json", "steps.json", "noising.json", "loops.json"):
+    write_fixture("reference_loads.json", {"cases": gen_reference_loads()})
+
+    for fname in ("schedules.json", "timesteps.json", "steps.json", "noising.json", "loops.json",
+                  "reference_loads.json"):
         doc = json.loads((OUT_DIR / fname).read_text())
         n_err = sum(1 for c in doc["cases"] if "error" in c)
         extra = f", {len(doc['fingerprints'])} fingerprints" if "fingerprints" in doc else ""

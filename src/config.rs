@@ -192,6 +192,7 @@ impl DdimConfig {
     /// enum string (the message gives the line, the column and the allowed strings);
     /// [`DdimError::InvalidConfig`] for a value out of range (see [`DdimConfig::validate`]).
     pub fn from_json_str(json: &str) -> Result<Self, DdimError> {
+        require_object(json)?;
         let config: DdimConfig = serde_json::from_str(json)?;
         config.validate()?;
         Ok(config)
@@ -244,21 +245,33 @@ impl DdimConfig {
         })
     }
 
-    /// Checks every value against its allowed range.
-    ///
-    /// The betas computed from `beta_start`, `beta_end` and `beta_schedule` are checked when the
-    /// scheduler is built ([`DdimScheduler::new`](crate::DdimScheduler::new)), since only then
-    /// are they known.
+    /// Checks every value against its allowed range, and the noise schedule the values produce.
     ///
     /// # Errors
     ///
     /// [`DdimError::InvalidConfig`] naming the key, its value and the allowed range, for:
     /// `num_train_timesteps` outside `1..=`[`MAX_TRAIN_TIMESTEPS`]; non-finite `beta_start` or
     /// `beta_end`; `trained_betas` whose length differs from `num_train_timesteps` or with an
-    /// entry outside `[0, 1)`; `dynamic_thresholding_ratio` outside `[0, 1]`;
-    /// `clip_sample_range` or `sample_max_value` not finite and positive;
-    /// `rescale_betas_zero_snr` with fewer than two training timesteps.
+    /// entry outside `[0, 1)` (also after rounding to float32); `dynamic_thresholding_ratio`
+    /// outside `[0, 1]`; `clip_sample_range` or `sample_max_value` not finite and positive;
+    /// `rescale_betas_zero_snr` with fewer than two training timesteps; and for schedules that
+    /// cannot be used: a beta computed from `beta_start`/`beta_end` outside `[0, 1)`, an
+    /// `alpha_bar` that underflows to 0 before the last training timestep (too many steps for
+    /// the betas), or a zero-terminal-SNR rescale that is undefined (its `alpha_bar` ends flat).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// let config = ddim::DdimConfig { beta_end: 1.5, ..Default::default() };
+    /// let err = config.validate().unwrap_err();
+    /// assert!(err.to_string().contains("beta_start/beta_end"));
+    /// ```
     pub fn validate(&self) -> Result<(), DdimError> {
+        crate::schedule::Schedule::new(self).map(drop)
+    }
+
+    /// The checks of [`DdimConfig::validate`] that need no schedule.
+    pub(crate) fn validate_fields(&self) -> Result<(), DdimError> {
         let t = self.num_train_timesteps;
         if t == 0 || t > MAX_TRAIN_TIMESTEPS {
             return Err(DdimError::config(
@@ -315,4 +328,23 @@ impl DdimConfig {
         }
         Ok(())
     }
+}
+
+/// Refuses JSON text that is not an object before serde sees it: serde would also read a struct
+/// from an array, by position, which no `scheduler_config.json` is.
+fn require_object(json: &str) -> Result<(), DdimError> {
+    let Some((offset, first)) = json.char_indices().find(|(_, c)| !c.is_whitespace()) else {
+        return Ok(()); // empty text: serde reports the missing value with its position
+    };
+    if first == '{' {
+        return Ok(());
+    }
+    let before = &json[..offset];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    Err(DdimError::ConfigParse {
+        line,
+        column,
+        message: format!("expected a JSON object of scheduler settings, found `{first}`"),
+    })
 }

@@ -22,10 +22,12 @@ impl Schedule {
     ///
     /// # Errors
     ///
-    /// [`DdimError::InvalidConfig`] when a beta computed from `beta_start`/`beta_end` falls
-    /// outside `[0, 1)`, or when the zero-terminal-SNR rescale is undefined (all betas zero).
+    /// [`DdimError::InvalidConfig`] when the config's fields are invalid, when a beta falls
+    /// outside `[0, 1)` in float32, when `alpha_bar` underflows to 0 before the last timestep, or
+    /// when the zero-terminal-SNR rescale is undefined (`alpha_bar` ends flat, so the rescaled
+    /// betas are 0/0).
     pub(crate) fn new(config: &DdimConfig) -> Result<Self, DdimError> {
-        config.validate()?;
+        config.validate_fields()?;
         let t = config.num_train_timesteps;
         let mut betas = match (&config.trained_betas, config.beta_schedule) {
             (Some(trained), _) => trained.iter().map(|&b| b as f32).collect(),
@@ -44,15 +46,19 @@ impl Schedule {
         };
         check_betas(&betas, config)?;
         if config.rescale_betas_zero_snr {
-            betas = rescale_zero_terminal_snr(&betas).ok_or_else(|| {
-                DdimError::config(
-                    "rescale_betas_zero_snr",
-                    true,
-                    "false for a schedule whose alpha_bar does not decrease (all betas zero)",
-                )
-            })?;
+            betas = rescale_zero_terminal_snr(&betas)
+                .filter(|rescaled| rescaled.iter().all(|b| b.is_finite()))
+                .ok_or_else(|| {
+                    DdimError::config(
+                        "rescale_betas_zero_snr",
+                        true,
+                        "false for a schedule whose alpha_bar ends flat (zero betas at the end), \
+                         which the rescale would turn into 0/0",
+                    )
+                })?;
         }
         let alphas_cumprod = cumprod_f32(betas.iter().map(|&b| 1.0 - b));
+        check_signal_left(&alphas_cumprod, config)?;
         let final_alpha_cumprod = if config.set_alpha_to_one {
             1.0
         } else {
@@ -87,6 +93,28 @@ fn check_betas(betas: &[f32], config: &DdimConfig) -> Result<(), DdimError> {
             "values whose betas all lie in [0, 1)",
         )
     })
+}
+
+/// Rejects a schedule whose `alpha_bar` reaches 0 before the last timestep: from there on the
+/// step divides by `sqrt(alpha_bar) = 0`. (A zero at the last timestep is what zero-terminal-SNR
+/// schedules are made for.)
+fn check_signal_left(alphas_cumprod: &[f32], config: &DdimConfig) -> Result<(), DdimError> {
+    let last = alphas_cumprod.len().saturating_sub(1);
+    match alphas_cumprod[..last].iter().position(|&a| a <= 0.0) {
+        None => Ok(()),
+        Some(t) => Err(DdimError::config(
+            if config.trained_betas.is_some() {
+                "trained_betas"
+            } else {
+                "num_train_timesteps"
+            },
+            format!(
+                "{} with these betas (alpha_bar underflows to 0 at timestep {t} of {})",
+                config.num_train_timesteps, config.num_train_timesteps
+            ),
+            "a schedule that keeps some signal (alpha_bar > 0) before its last timestep",
+        )),
+    }
 }
 
 /// `n` evenly spaced float32 values from `start` to `end`, rounded as `torch.linspace` rounds.

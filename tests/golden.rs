@@ -566,3 +566,105 @@ fn full_loops_match_reference() {
         "exactly one loop fixture runs into the reference's NaN"
     );
 }
+
+/// Configs written by `DdimConfig::to_json_string` and committed under `tests/fixtures/written/`,
+/// so that the generator can check that diffusers loads them back.
+fn written_configs() -> Vec<(String, ddim::DdimConfig)> {
+    use ddim::{BetaSchedule, DdimConfig, PredictionType, TimestepSpacing};
+    let mut configs = vec![
+        ("defaults".to_string(), DdimConfig::default()),
+        (
+            "zero_snr_trailing_v".to_string(),
+            DdimConfig {
+                beta_schedule: BetaSchedule::ScaledLinear,
+                beta_start: 0.00085,
+                beta_end: 0.012,
+                prediction_type: PredictionType::VPrediction,
+                timestep_spacing: TimestepSpacing::Trailing,
+                rescale_betas_zero_snr: true,
+                clip_sample: false,
+                ..DdimConfig::default()
+            },
+        ),
+        (
+            "trained_betas_thresholding".to_string(),
+            DdimConfig {
+                num_train_timesteps: 5,
+                trained_betas: Some(vec![1e-7, 0.1, 0.30000000000000004, 0.5, 0.999999]),
+                thresholding: true,
+                dynamic_thresholding_ratio: 0.9,
+                sample_max_value: 2.5,
+                clip_sample_range: 1.7,
+                steps_offset: 1,
+                set_alpha_to_one: false,
+                timestep_spacing: TimestepSpacing::Linspace,
+                prediction_type: PredictionType::Sample,
+                ..DdimConfig::default()
+            },
+        ),
+    ];
+    let dir = common::fixture_path("configs");
+    let mut real: Vec<_> = std::fs::read_dir(&dir)
+        .expect("configs folder")
+        .map(|entry| entry.expect("entry").path())
+        .collect();
+    real.sort();
+    for path in real {
+        let stem = path
+            .file_stem()
+            .expect("stem")
+            .to_string_lossy()
+            .into_owned();
+        configs.push((
+            format!("real_{stem}"),
+            DdimConfig::from_file(&path).expect("loads"),
+        ));
+    }
+    configs
+}
+
+/// The committed files are exactly what the crate writes today. Set `DDIM_BLESS=1` to rewrite
+/// them after a deliberate change of format (then regenerate the golden files).
+#[test]
+fn written_configs_are_what_the_crate_writes() {
+    let bless = std::env::var_os("DDIM_BLESS").is_some();
+    for (name, config) in written_configs() {
+        let path = common::fixture_path(&format!("written/{name}.json"));
+        let text = config.to_json_string().expect("valid config") + "\n";
+        if bless {
+            std::fs::write(&path, &text).expect("write");
+        }
+        let committed = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e} (run with DDIM_BLESS=1)", path.display()));
+        assert_eq!(
+            committed, text,
+            "{name}: the crate now writes something else"
+        );
+    }
+}
+
+/// diffusers' `DDIMScheduler.from_pretrained` loads every file the crate wrote, as a
+/// `DDIMScheduler`, with the same value for every key.
+#[test]
+fn diffusers_loads_back_what_the_crate_writes() {
+    let fixture = golden("reference_loads");
+    let configs = written_configs();
+    assert_eq!(
+        cases(&fixture).len(),
+        configs.len(),
+        "one record per written config"
+    );
+    for case in cases(&fixture) {
+        let label = name(case);
+        assert_eq!(case["class"], "DDIMScheduler", "{label}");
+        let (_, ours) = configs
+            .iter()
+            .find(|(n, _)| n == label)
+            .unwrap_or_else(|| panic!("{label}: no such written config"));
+        let ours = serde_json::to_value(ours).expect("serialises");
+        let loaded = case["config"].as_object().expect("config");
+        for (key, value) in ours.as_object().expect("object") {
+            assert_eq!(loaded.get(key), Some(value), "{label}: key {key}");
+        }
+    }
+}

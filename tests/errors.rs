@@ -1,0 +1,1303 @@
+//! Every way of misusing the crate must come back as a `DdimError` (never a panic), with the
+//! variant that names the problem and a message that says what was wrong and what is accepted.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use ddim::ndarray::{Array, Array0, Array1, Array2, Array4, ArrayD, IxDyn};
+use ddim::{DdimConfig, DdimError, DdimScheduler, StepOptions, MAX_TRAIN_TIMESTEPS};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+/// A scratch folder below the system temp dir, unique to one test, removed when dropped.
+struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    fn new(label: &str) -> Self {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("ddim-errors-{}-{label}-{n}", std::process::id()));
+        if path.exists() {
+            std::fs::remove_dir_all(&path).expect("remove stale scratch dir");
+        }
+        std::fs::create_dir_all(&path).expect("create scratch dir");
+        ScratchDir(path)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Parses `json`, which must be rejected, and returns the error.
+fn rejected(json: &str) -> DdimError {
+    match DdimConfig::from_json_str(json) {
+        Ok(config) => panic!("{json} was accepted as {config:?}"),
+        Err(err) => err,
+    }
+}
+
+/// The `(key, value, allowed)` of an `InvalidConfig`, after checking that the rendered message
+/// repeats all three.
+fn invalid_config(err: DdimError) -> (String, String, String) {
+    let message = err.to_string();
+    match err {
+        DdimError::InvalidConfig {
+            key,
+            value,
+            allowed,
+        } => {
+            for part in [&key, &value, &allowed] {
+                assert!(
+                    message.contains(part.as_str()),
+                    "message {message:?} should contain {part:?}"
+                );
+            }
+            (key, value, allowed)
+        }
+        other => panic!("expected InvalidConfig, got {other:?}"),
+    }
+}
+
+/// The message of a `ConfigParse`, after checking that the rendered error gives its position.
+fn parse_message(err: DdimError) -> String {
+    let rendered = err.to_string();
+    match err {
+        DdimError::ConfigParse {
+            line,
+            column,
+            message,
+        } => {
+            assert!(
+                line >= 1 && column >= 1,
+                "positions are 1-based: {rendered}"
+            );
+            assert!(
+                rendered.contains(&format!("line {line}, column {column}")),
+                "{rendered}"
+            );
+            assert!(rendered.contains(&message), "{rendered}");
+            message
+        }
+        other => panic!("expected ConfigParse, got {other:?}"),
+    }
+}
+
+/// `validate` and `DdimScheduler::new` must both reject `config` with the same error text.
+fn rejected_by_validate_and_new(config: DdimConfig) -> DdimError {
+    let from_validate = config.validate().expect_err("validate should reject");
+    let from_new = DdimScheduler::new(config).expect_err("new should reject");
+    assert_eq!(from_validate.to_string(), from_new.to_string());
+    from_new
+}
+
+/// A default scheduler (1000 training timesteps) with `n` inference steps.
+fn scheduler_with_steps(n: usize) -> DdimScheduler {
+    let mut s = DdimScheduler::new(DdimConfig::default()).expect("default config");
+    s.set_timesteps(n).expect("valid step count");
+    s
+}
+
+fn thresholding_scheduler() -> DdimScheduler {
+    let config = DdimConfig {
+        thresholding: true,
+        ..DdimConfig::default()
+    };
+    let mut s = DdimScheduler::new(config).expect("thresholding config");
+    s.set_timesteps(10).expect("10 steps");
+    s
+}
+
+fn eta(eta: f64) -> StepOptions {
+    StepOptions {
+        eta,
+        ..StepOptions::default()
+    }
+}
+
+fn rng() -> StdRng {
+    StdRng::seed_from_u64(0x5eed)
+}
+
+// ---------------------------------------------------------------------------------------------
+// JSON that does not parse
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn invalid_json_reports_line_and_column_of_the_problem() {
+    // The value of `beta_start` is missing: the parser stops at the comma, line 3, column 17.
+    let text = "{\n  \"num_train_timesteps\": 1000,\n  \"beta_start\": ,\n  \"beta_end\": 0.02\n}";
+    let err = rejected(text);
+    let rendered = err.to_string();
+    match err {
+        DdimError::ConfigParse {
+            line,
+            column,
+            message,
+        } => {
+            assert_eq!((line, column), (3, 17), "{rendered}");
+            assert!(message.contains("expected value"), "{message}");
+            // The position lives in the fields, not twice in the text.
+            assert!(!message.contains("at line"), "{message}");
+            assert!(rendered.contains("line 3, column 17"), "{rendered}");
+        }
+        other => panic!("expected ConfigParse, got {other:?}"),
+    }
+}
+
+#[test]
+fn truncated_json_reports_end_of_input() {
+    let err = rejected("{\"beta_start\": 0.001");
+    let rendered = err.to_string();
+    match err {
+        DdimError::ConfigParse {
+            line,
+            column,
+            message,
+        } => {
+            assert_eq!((line, column), (1, 20), "{rendered}");
+            assert!(message.contains("EOF"), "{message}");
+        }
+        other => panic!("expected ConfigParse, got {other:?}"),
+    }
+}
+
+#[test]
+fn json_that_is_not_an_object_is_a_parse_error() {
+    for (text, found) in [("42", "`4`"), ("null", "`n`"), ("\"linear\"", "`\"`")] {
+        let message = parse_message(rejected(text));
+        assert!(message.contains("expected a JSON object"), "{message}");
+        assert!(message.contains(found), "{message} should name {found}");
+    }
+}
+
+#[test]
+fn string_for_num_train_timesteps_is_a_type_error() {
+    let message = parse_message(rejected(r#"{"num_train_timesteps": "1000"}"#));
+    assert!(message.contains("invalid type"), "{message}");
+    assert!(
+        message.contains("\"1000\""),
+        "names the bad value: {message}"
+    );
+    assert!(
+        message.contains("usize"),
+        "names the expected type: {message}"
+    );
+}
+
+#[test]
+fn integer_for_clip_sample_is_a_type_error() {
+    let message = parse_message(rejected(r#"{"clip_sample": 1}"#));
+    assert!(message.contains("invalid type"), "{message}");
+    assert!(
+        message.contains("integer `1`"),
+        "names the bad value: {message}"
+    );
+    assert!(
+        message.contains("boolean"),
+        "names the expected type: {message}"
+    );
+}
+
+#[test]
+fn negative_steps_offset_is_a_type_error() {
+    let message = parse_message(rejected(r#"{"steps_offset": -1}"#));
+    assert!(message.contains("-1"), "names the bad value: {message}");
+}
+
+#[test]
+fn unknown_beta_schedule_lists_allowed_values() {
+    let message = parse_message(rejected(r#"{"beta_schedule": "cosine"}"#));
+    assert!(message.contains("unknown variant `cosine`"), "{message}");
+    for allowed in ["`linear`", "`scaled_linear`", "`squaredcos_cap_v2`"] {
+        assert!(message.contains(allowed), "{message} should list {allowed}");
+    }
+}
+
+#[test]
+fn unknown_prediction_type_lists_allowed_values() {
+    let message = parse_message(rejected(r#"{"prediction_type": "v-prediction"}"#));
+    assert!(
+        message.contains("unknown variant `v-prediction`"),
+        "{message}"
+    );
+    for allowed in ["`epsilon`", "`sample`", "`v_prediction`"] {
+        assert!(message.contains(allowed), "{message} should list {allowed}");
+    }
+}
+
+#[test]
+fn unknown_timestep_spacing_lists_allowed_values() {
+    let message = parse_message(rejected(r#"{"timestep_spacing": "uniform"}"#));
+    assert!(message.contains("unknown variant `uniform`"), "{message}");
+    for allowed in ["`leading`", "`trailing`", "`linspace`"] {
+        assert!(message.contains(allowed), "{message} should list {allowed}");
+    }
+}
+
+#[test]
+fn enum_strings_are_case_sensitive() {
+    let message = parse_message(rejected(r#"{"beta_schedule": "Linear"}"#));
+    assert!(message.contains("unknown variant `Linear`"), "{message}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Values out of range
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn zero_num_train_timesteps_is_rejected() {
+    let (key, value, allowed) = invalid_config(rejected(r#"{"num_train_timesteps": 0}"#));
+    assert_eq!(key, "num_train_timesteps");
+    assert_eq!(value, "0");
+    assert!(allowed.contains('1'), "{allowed}");
+    assert!(
+        allowed.contains(&MAX_TRAIN_TIMESTEPS.to_string()),
+        "{allowed}"
+    );
+}
+
+#[test]
+fn num_train_timesteps_above_the_maximum_is_rejected() {
+    let (key, value, allowed) = invalid_config(rejected(r#"{"num_train_timesteps": 4000000000}"#));
+    assert_eq!(key, "num_train_timesteps");
+    assert_eq!(value, "4000000000");
+    assert!(
+        allowed.contains(&MAX_TRAIN_TIMESTEPS.to_string()),
+        "{allowed}"
+    );
+
+    // The bound itself is allowed, one more is not.
+    // (With betas small enough that a million of them leave some signal.)
+    let at_max = DdimConfig {
+        num_train_timesteps: MAX_TRAIN_TIMESTEPS,
+        beta_start: 1e-9,
+        beta_end: 2e-8,
+        ..DdimConfig::default()
+    };
+    assert!(at_max.validate().is_ok());
+    let above = DdimConfig {
+        num_train_timesteps: MAX_TRAIN_TIMESTEPS + 1,
+        ..DdimConfig::default()
+    };
+    let (key, value, _) = invalid_config(rejected_by_validate_and_new(above));
+    assert_eq!(key, "num_train_timesteps");
+    assert_eq!(value, (MAX_TRAIN_TIMESTEPS + 1).to_string());
+}
+
+#[test]
+fn trained_betas_of_wrong_length_are_rejected() {
+    let json = r#"{"num_train_timesteps": 4, "trained_betas": [0.1, 0.2, 0.3]}"#;
+    let (key, value, allowed) = invalid_config(rejected(json));
+    assert_eq!(key, "trained_betas");
+    assert!(value.contains('3'), "names the given length: {value}");
+    assert!(
+        allowed.contains('4'),
+        "names num_train_timesteps: {allowed}"
+    );
+
+    // An empty list is a wrong length too.
+    let (key, value, _) = invalid_config(rejected(
+        r#"{"num_train_timesteps": 4, "trained_betas": []}"#,
+    ));
+    assert_eq!(key, "trained_betas");
+    assert!(value.contains('0'), "{value}");
+}
+
+#[test]
+fn trained_beta_outside_zero_one_is_rejected() {
+    for (bad, shown) in [("-0.1", "-0.1"), ("1.0", "1"), ("1.5", "1.5")] {
+        let json =
+            format!(r#"{{"num_train_timesteps": 4, "trained_betas": [0.1, 0.2, {bad}, 0.3]}}"#);
+        let (key, value, allowed) = invalid_config(rejected(&json));
+        assert_eq!(key, "trained_betas[2]", "for {bad}");
+        assert_eq!(value, shown, "for {bad}");
+        assert!(allowed.contains("[0, 1)"), "{allowed}");
+    }
+    // The bounds: 0 is allowed, just below 1 is allowed.
+    let ok = r#"{"num_train_timesteps": 3, "trained_betas": [0.0, 0.5, 0.9999]}"#;
+    DdimScheduler::new(DdimConfig::from_json_str(ok).expect("betas in [0, 1)"))
+        .expect("scheduler from betas in [0, 1)");
+}
+
+#[test]
+fn non_finite_trained_beta_is_rejected() {
+    for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+        let config = DdimConfig {
+            num_train_timesteps: 3,
+            trained_betas: Some(vec![0.1, bad, 0.2]),
+            ..DdimConfig::default()
+        };
+        let (key, value, allowed) = invalid_config(rejected_by_validate_and_new(config));
+        assert_eq!(key, "trained_betas[1]");
+        assert_eq!(value, bad.to_string());
+        assert!(allowed.contains("[0, 1)"), "{allowed}");
+    }
+}
+
+#[test]
+fn trained_beta_that_rounds_to_one_in_f32_is_rejected() {
+    // Below 1 as a double, but exactly 1 once the tables are built in float32, which would make
+    // alpha_bar 0 from there on.
+    let config = DdimConfig {
+        num_train_timesteps: 2,
+        trained_betas: Some(vec![0.5, 0.999_999_99]),
+        ..DdimConfig::default()
+    };
+    let (key, value, allowed) = invalid_config(rejected_by_validate_and_new(config));
+    assert_eq!(key, "trained_betas[1]");
+    assert!(value.contains("float32"), "{value}");
+    assert!(allowed.contains("[0, 1)"), "{allowed}");
+}
+
+#[test]
+fn linear_beta_end_above_one_is_rejected() {
+    // The betas that beta_start and beta_end produce are checked as soon as the config is read.
+    let from_json = DdimConfig::from_json_str(r#"{"beta_end": 1.5}"#).expect_err("betas above 1");
+    let config = DdimConfig {
+        beta_end: 1.5,
+        ..DdimConfig::default()
+    };
+    assert_eq!(
+        from_json.to_string(),
+        config.validate().expect_err("betas above 1").to_string()
+    );
+    let (key, value, allowed) = invalid_config(rejected_by_validate_and_new(config));
+    assert_eq!(key, "beta_start/beta_end");
+    assert!(value.contains("1.5"), "names beta_end: {value}");
+    assert!(value.contains("linear"), "names the schedule: {value}");
+    assert!(allowed.contains("[0, 1)"), "{allowed}");
+}
+
+#[test]
+fn negative_linear_beta_start_is_rejected() {
+    let config = DdimConfig {
+        beta_start: -0.001,
+        ..DdimConfig::default()
+    };
+    let (key, value, _) = invalid_config(rejected_by_validate_and_new(config));
+    assert_eq!(key, "beta_start/beta_end");
+    assert!(value.contains("-0.001"), "names beta_start: {value}");
+    assert!(
+        value.contains("beta[0]"),
+        "names the first bad beta: {value}"
+    );
+}
+
+#[test]
+fn negative_scaled_linear_beta_start_giving_nan_is_rejected() {
+    // The square root of a negative beta_start is NaN, so every beta of the first half is NaN.
+    let err = DdimConfig::from_json_str(
+        r#"{"beta_schedule": "scaled_linear", "beta_start": -0.00085, "beta_end": 0.012}"#,
+    )
+    .expect_err("NaN betas");
+    let (key, value, _) = invalid_config(err);
+    assert_eq!(key, "beta_start/beta_end");
+    assert!(value.contains("-0.00085"), "{value}");
+    assert!(value.contains("NaN"), "shows the NaN beta: {value}");
+    assert!(value.contains("scaled_linear"), "{value}");
+}
+
+#[test]
+fn non_finite_beta_start_or_end_is_rejected() {
+    for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+        let config = DdimConfig {
+            beta_start: bad,
+            ..DdimConfig::default()
+        };
+        let (key, value, allowed) = invalid_config(rejected_by_validate_and_new(config));
+        assert_eq!(key, "beta_start");
+        assert_eq!(value, bad.to_string());
+        assert!(allowed.contains("finite"), "{allowed}");
+
+        let config = DdimConfig {
+            beta_end: bad,
+            ..DdimConfig::default()
+        };
+        let (key, _, _) = invalid_config(rejected_by_validate_and_new(config));
+        assert_eq!(key, "beta_end");
+    }
+    // Even the cosine schedule, which ignores both values, refuses a non-finite one.
+    let config = DdimConfig {
+        beta_schedule: ddim::BetaSchedule::SquaredcosCapV2,
+        beta_start: f64::NAN,
+        ..DdimConfig::default()
+    };
+    let (key, _, _) = invalid_config(rejected_by_validate_and_new(config));
+    assert_eq!(key, "beta_start");
+}
+
+#[test]
+fn json_number_too_large_for_f64_is_a_parse_error() {
+    let message = parse_message(rejected(r#"{"beta_start": 1e400}"#));
+    assert!(message.contains("out of range"), "{message}");
+}
+
+#[test]
+fn dynamic_thresholding_ratio_outside_zero_one_is_rejected() {
+    for (bad, shown) in [(-0.1, "-0.1"), (1.1, "1.1"), (f64::NAN, "NaN")] {
+        let config = DdimConfig {
+            dynamic_thresholding_ratio: bad,
+            ..DdimConfig::default()
+        };
+        let (key, value, allowed) = invalid_config(rejected_by_validate_and_new(config));
+        assert_eq!(key, "dynamic_thresholding_ratio");
+        assert_eq!(value, shown);
+        assert!(allowed.contains("[0, 1]"), "{allowed}");
+    }
+    // Both ends of the closed interval are fine.
+    for ok in [0.0, 1.0] {
+        let config = DdimConfig {
+            dynamic_thresholding_ratio: ok,
+            thresholding: true,
+            ..DdimConfig::default()
+        };
+        assert!(DdimScheduler::new(config).is_ok(), "ratio {ok}");
+    }
+}
+
+#[test]
+fn non_positive_or_non_finite_clip_sample_range_is_rejected() {
+    for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+        let config = DdimConfig {
+            clip_sample_range: bad,
+            ..DdimConfig::default()
+        };
+        let (key, value, allowed) = invalid_config(rejected_by_validate_and_new(config));
+        assert_eq!(key, "clip_sample_range");
+        assert_eq!(value, bad.to_string());
+        assert!(
+            allowed.contains("finite") && allowed.contains("> 0"),
+            "{allowed}"
+        );
+    }
+    let (key, value, _) = invalid_config(rejected(r#"{"clip_sample_range": -2.5}"#));
+    assert_eq!(
+        (key.as_str(), value.as_str()),
+        ("clip_sample_range", "-2.5")
+    );
+}
+
+#[test]
+fn non_positive_or_non_finite_sample_max_value_is_rejected() {
+    for bad in [0.0, -1.5, f64::NAN, f64::NEG_INFINITY] {
+        let config = DdimConfig {
+            sample_max_value: bad,
+            ..DdimConfig::default()
+        };
+        let (key, value, allowed) = invalid_config(rejected_by_validate_and_new(config));
+        assert_eq!(key, "sample_max_value");
+        assert_eq!(value, bad.to_string());
+        assert!(
+            allowed.contains("finite") && allowed.contains("> 0"),
+            "{allowed}"
+        );
+    }
+    let (key, value, _) = invalid_config(rejected(r#"{"sample_max_value": 0}"#));
+    assert_eq!((key.as_str(), value.as_str()), ("sample_max_value", "0"));
+}
+
+#[test]
+fn zero_snr_rescale_needs_two_training_timesteps() {
+    let json = r#"{"num_train_timesteps": 1, "rescale_betas_zero_snr": true}"#;
+    let (key, value, allowed) = invalid_config(rejected(json));
+    assert_eq!(key, "num_train_timesteps");
+    assert_eq!(value, "1");
+    assert!(allowed.contains("rescale_betas_zero_snr"), "{allowed}");
+    assert!(allowed.contains('2'), "{allowed}");
+
+    // Two timesteps are enough, and one is fine without the rescale.
+    let two = r#"{"num_train_timesteps": 2, "rescale_betas_zero_snr": true}"#;
+    DdimScheduler::new(DdimConfig::from_json_str(two).expect("two timesteps")).expect("builds");
+    let one = r#"{"num_train_timesteps": 1}"#;
+    DdimScheduler::new(DdimConfig::from_json_str(one).expect("one timestep")).expect("builds");
+}
+
+#[test]
+fn zero_snr_rescale_of_all_zero_betas_is_rejected() {
+    // alpha_bar never decreases, so there is no shift that brings its end to zero.
+    let config = DdimConfig {
+        num_train_timesteps: 4,
+        trained_betas: Some(vec![0.0; 4]),
+        rescale_betas_zero_snr: true,
+        ..DdimConfig::default()
+    };
+    let (key, value, _) = invalid_config(rejected_by_validate_and_new(config));
+    assert_eq!(key, "rescale_betas_zero_snr");
+    assert_eq!(value, "true");
+}
+
+#[test]
+fn zero_snr_rescale_of_a_flat_tail_is_rejected_not_nan() {
+    // The last two alpha_bar are equal: both shift to 0 and their ratio is 0/0.
+    let config = DdimConfig {
+        num_train_timesteps: 4,
+        trained_betas: Some(vec![0.1, 0.2, 0.0, 0.0]),
+        rescale_betas_zero_snr: true,
+        ..DdimConfig::default()
+    };
+    let (key, value, allowed) = invalid_config(rejected_by_validate_and_new(config));
+    assert_eq!(key, "rescale_betas_zero_snr");
+    assert_eq!(value, "true");
+    assert!(allowed.contains("0/0"), "{allowed}");
+}
+
+#[test]
+fn schedule_whose_alpha_bar_underflows_to_zero_is_rejected() {
+    // 20000 linear betas up to 0.02 remove every bit of signal long before the end: alpha_bar
+    // is exactly 0 in float32 from some timestep on, and a step there would divide by zero.
+    let err =
+        DdimConfig::from_json_str(r#"{"num_train_timesteps": 20000}"#).expect_err("no signal");
+    let (key, value, allowed) = invalid_config(err);
+    assert_eq!(key, "num_train_timesteps");
+    assert!(
+        value.contains("20000") && value.contains("underflows"),
+        "{value}"
+    );
+    assert!(allowed.contains("alpha_bar > 0"), "{allowed}");
+    // Rescaling that table would divide its zero tail by itself; that is refused first.
+    let err = DdimConfig::from_json_str(
+        r#"{"num_train_timesteps": 20000, "rescale_betas_zero_snr": true}"#,
+    )
+    .expect_err("flat tail");
+    assert_eq!(invalid_config(err).0, "rescale_betas_zero_snr");
+    // Trained betas are named as the culprit when they are the source: each keeps 1e-6 of the
+    // signal, so alpha_bar is 1e-42 (subnormal, still > 0) at timestep 6 and 0 from timestep 7.
+    let underflow = DdimConfig {
+        num_train_timesteps: 10,
+        trained_betas: Some(vec![0.999_999; 10]),
+        ..DdimConfig::default()
+    };
+    let (key, value, _) = invalid_config(rejected_by_validate_and_new(underflow));
+    assert!(value.contains("timestep 7"), "{value}");
+    // Only a true underflow is refused; a zero at the last timestep (zero terminal SNR) is fine.
+    let last_only = DdimConfig {
+        num_train_timesteps: 8,
+        trained_betas: Some(vec![0.999_999; 8]),
+        ..DdimConfig::default()
+    };
+    assert!(last_only.validate().is_ok());
+    assert_eq!(key, "trained_betas");
+}
+
+#[test]
+fn json_array_is_not_a_config() {
+    // serde could read a struct from an array by position; a config file is always an object.
+    for text in ["[5]", "[]", "\n  [1000, 0.1]"] {
+        let err = DdimConfig::from_json_str(text).expect_err("array");
+        let DdimError::ConfigParse { message, .. } = &err else {
+            panic!("{text}: expected ConfigParse, got {err:?}");
+        };
+        assert!(
+            message.contains("JSON object") && message.contains('['),
+            "{message}"
+        );
+    }
+    let DdimError::ConfigParse { line, column, .. } =
+        DdimConfig::from_json_str("\n  [1000]").expect_err("array")
+    else {
+        panic!("expected ConfigParse");
+    };
+    assert_eq!((line, column), (2, 3));
+}
+
+// ---------------------------------------------------------------------------------------------
+// set_timesteps
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn zero_inference_steps_is_rejected_and_keeps_previous_timesteps() {
+    let mut s = scheduler_with_steps(5);
+    let before = s.timesteps().to_vec();
+    let err = s.set_timesteps(0).expect_err("0 steps");
+    assert!(
+        matches!(
+            err,
+            DdimError::InvalidNumInferenceSteps {
+                requested: 0,
+                num_train_timesteps: 1000
+            }
+        ),
+        "{err:?}"
+    );
+    let message = err.to_string();
+    assert!(
+        message.contains("is 0") && message.contains("1000"),
+        "{message}"
+    );
+    assert_eq!(s.timesteps(), before.as_slice());
+    assert_eq!(s.num_inference_steps(), Some(5));
+}
+
+#[test]
+fn more_inference_steps_than_training_timesteps_is_rejected_and_keeps_previous_timesteps() {
+    let mut s = scheduler_with_steps(4);
+    let before = s.timesteps().to_vec();
+    let err = s.set_timesteps(1001).expect_err("1001 steps of 1000");
+    assert!(
+        matches!(
+            err,
+            DdimError::InvalidNumInferenceSteps {
+                requested: 1001,
+                num_train_timesteps: 1000
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("1001"), "{err}");
+    assert_eq!(s.timesteps(), before.as_slice());
+    assert_eq!(s.num_inference_steps(), Some(4));
+
+    // Exactly num_train_timesteps is the largest allowed count.
+    s.set_timesteps(1000).expect("1000 steps of 1000");
+    assert_eq!(s.timesteps().len(), 1000);
+}
+
+#[test]
+fn failed_set_timesteps_on_a_fresh_scheduler_leaves_it_unset() {
+    let mut s = DdimScheduler::new(DdimConfig::default()).expect("default");
+    assert!(s.set_timesteps(0).is_err());
+    assert!(s.timesteps().is_empty());
+    assert_eq!(s.num_inference_steps(), None);
+    let x = Array2::<f32>::zeros((1, 2));
+    assert!(matches!(s.step(&x, 0, &x), Err(DdimError::TimestepsNotSet)));
+}
+
+#[test]
+fn leading_schedule_pushed_past_the_last_timestep_is_rejected() {
+    let config = DdimConfig {
+        steps_offset: 1,
+        ..DdimConfig::default()
+    };
+    let mut s = DdimScheduler::new(config).expect("offset 1");
+    s.set_timesteps(50).expect("50 steps");
+    let before = s.timesteps().to_vec();
+
+    let err = s.set_timesteps(1000).expect_err("timestep 1000 of 1000");
+    let message = err.to_string();
+    match err {
+        DdimError::ScheduleOutOfRange {
+            spacing,
+            num_inference_steps,
+            steps_offset,
+            largest_timestep,
+            num_train_timesteps,
+        } => {
+            assert_eq!(spacing, "leading");
+            assert_eq!(num_inference_steps, 1000);
+            assert_eq!(steps_offset, 1);
+            assert_eq!(largest_timestep, 1000);
+            assert_eq!(num_train_timesteps, 1000);
+        }
+        other => panic!("expected ScheduleOutOfRange, got {other:?}"),
+    }
+    assert!(message.contains("timestep 1000"), "{message}");
+    assert!(message.contains("0..=999"), "{message}");
+    assert!(message.contains("steps_offset 1"), "{message}");
+    assert_eq!(s.timesteps(), before.as_slice());
+    assert_eq!(s.num_inference_steps(), Some(50));
+
+    // One step fewer fits: 999 steps of stride 1, offset 1, end at 999.
+    s.set_timesteps(999).expect("999 steps");
+    assert_eq!(s.timesteps()[0], 999);
+}
+
+#[test]
+fn huge_steps_offset_is_rejected_without_overflow() {
+    let config = DdimConfig {
+        steps_offset: usize::MAX,
+        ..DdimConfig::default()
+    };
+    let mut s = DdimScheduler::new(config).expect("offset is not validated up front");
+    let err = s.set_timesteps(10).expect_err("offset beyond everything");
+    assert!(
+        matches!(
+            err,
+            DdimError::ScheduleOutOfRange {
+                steps_offset: usize::MAX,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// step
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn step_before_set_timesteps_is_timesteps_not_set() {
+    let s = DdimScheduler::new(DdimConfig::default()).expect("default");
+    let x = Array4::<f32>::zeros((1, 4, 8, 8));
+    let err = s.step(&x, 500, &x).expect_err("no timesteps");
+    assert!(matches!(err, DdimError::TimestepsNotSet), "{err:?}");
+    assert!(err.to_string().contains("set_timesteps"), "{err}");
+
+    let err = s
+        .step_with_noise(&x, 500, &x, &eta(1.0), &x)
+        .expect_err("no timesteps");
+    assert!(matches!(err, DdimError::TimestepsNotSet), "{err:?}");
+    let err = s
+        .step_with_rng(&x, 500, &x, &eta(1.0), &mut rng())
+        .expect_err("no timesteps");
+    assert!(matches!(err, DdimError::TimestepsNotSet), "{err:?}");
+}
+
+#[test]
+fn timestep_equal_to_num_train_timesteps_is_out_of_range() {
+    let s = scheduler_with_steps(10);
+    let x = Array2::<f32>::zeros((2, 3));
+    let err = s.step(&x, 1000, &x).expect_err("timestep 1000");
+    assert!(
+        matches!(
+            err,
+            DdimError::TimestepOutOfRange {
+                timestep: 1000,
+                num_train_timesteps: 1000
+            }
+        ),
+        "{err:?}"
+    );
+    let message = err.to_string();
+    assert!(
+        message.contains("1000") && message.contains("0..=999"),
+        "{message}"
+    );
+
+    // The last training timestep is fine, on the schedule or not.
+    assert!(s.step(&x, 999, &x).is_ok());
+}
+
+#[test]
+fn timestep_far_above_num_train_timesteps_is_out_of_range() {
+    let s = scheduler_with_steps(10);
+    let x = Array2::<f64>::zeros((2, 3));
+    for t in [1001, 1_000_000, usize::MAX] {
+        let err = s.step(&x, t, &x).expect_err("far timestep");
+        assert!(
+            matches!(err, DdimError::TimestepOutOfRange { timestep, .. } if timestep == t),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains(&t.to_string()), "{err}");
+        let err = s
+            .step_with_rng(&x, t, &x, &eta(0.5), &mut rng())
+            .expect_err("far timestep");
+        assert!(
+            matches!(err, DdimError::TimestepOutOfRange { .. }),
+            "{err:?}"
+        );
+    }
+}
+
+#[test]
+fn model_output_of_another_shape_is_shape_mismatch_naming_both_shapes() {
+    let s = scheduler_with_steps(10);
+    let output = Array4::<f32>::zeros((1, 4, 8, 8));
+    let sample = Array4::<f32>::zeros((1, 4, 8, 9));
+    let err = s.step(&output, 500, &sample).expect_err("shapes differ");
+    let message = err.to_string();
+    match err {
+        DdimError::ShapeMismatch {
+            name,
+            found,
+            reference_name,
+            expected,
+        } => {
+            assert_eq!(name, "model_output");
+            assert_eq!(found, vec![1, 4, 8, 8]);
+            assert_eq!(reference_name, "sample");
+            assert_eq!(expected, vec![1, 4, 8, 9]);
+        }
+        other => panic!("expected ShapeMismatch, got {other:?}"),
+    }
+    assert!(message.contains("[1, 4, 8, 8]"), "{message}");
+    assert!(message.contains("[1, 4, 8, 9]"), "{message}");
+
+    // Also when the number of axes differs (dynamic dimensionality).
+    let output = ArrayD::<f32>::zeros(IxDyn(&[2, 3]));
+    let sample = ArrayD::<f32>::zeros(IxDyn(&[2, 3, 1]));
+    let err = s.step(&output, 500, &sample).expect_err("ranks differ");
+    assert!(
+        matches!(&err, DdimError::ShapeMismatch { found, expected, .. }
+            if found == &[2, 3] && expected == &[2, 3, 1]),
+        "{err:?}"
+    );
+
+    // The same check guards the noisy steps.
+    let output = Array2::<f32>::zeros((2, 3));
+    let sample = Array2::<f32>::zeros((3, 2));
+    let err = s
+        .step_with_rng(&output, 500, &sample, &eta(1.0), &mut rng())
+        .expect_err("shapes differ");
+    assert!(
+        matches!(
+            err,
+            DdimError::ShapeMismatch {
+                name: "model_output",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let err = s
+        .step_with_noise(&output, 500, &sample, &eta(1.0), &sample)
+        .expect_err("shapes differ");
+    assert!(
+        matches!(
+            err,
+            DdimError::ShapeMismatch {
+                name: "model_output",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn variance_noise_of_another_shape_is_shape_mismatch_even_at_eta_zero() {
+    let s = scheduler_with_steps(10);
+    let x = Array2::<f32>::zeros((2, 3));
+    let noise = Array2::<f32>::zeros((2, 4));
+    for e in [0.0, 1.0] {
+        let err = s
+            .step_with_noise(&x, 500, &x, &eta(e), &noise)
+            .expect_err("noise shape");
+        let message = err.to_string();
+        match err {
+            DdimError::ShapeMismatch {
+                name,
+                found,
+                reference_name,
+                expected,
+            } => {
+                assert_eq!(name, "variance_noise");
+                assert_eq!(found, vec![2, 4]);
+                assert_eq!(reference_name, "sample");
+                assert_eq!(expected, vec![2, 3]);
+            }
+            other => panic!("eta {e}: expected ShapeMismatch, got {other:?}"),
+        }
+        assert!(
+            message.contains("[2, 4]") && message.contains("[2, 3]"),
+            "{message}"
+        );
+    }
+}
+
+#[test]
+fn thresholding_a_one_dimensional_array_is_too_few_axes() {
+    let s = thresholding_scheduler();
+    let x = Array1::<f32>::from_elem(6, 0.5);
+    let check = |result: Result<_, DdimError>| {
+        let err = result.expect_err("1-D thresholding");
+        let message = err.to_string();
+        assert!(
+            matches!(
+                err,
+                DdimError::TooFewAxes {
+                    found: 1,
+                    required: 2,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(message.contains("thresholding"), "{message}");
+    };
+    check(s.step(&x, 500, &x));
+    check(s.step_with_noise(&x, 500, &x, &eta(1.0), &x));
+    check(s.step_with_rng(&x, 500, &x, &eta(1.0), &mut rng()));
+
+    // Two axes (batch and features) are enough.
+    let x2 = Array2::<f32>::from_elem((2, 3), 0.5);
+    let out = s.step(&x2, 500, &x2).expect("2-D thresholding");
+    assert_eq!(out.prev_sample.shape(), &[2, 3]);
+    assert!(out.prev_sample.iter().all(|v| v.is_finite()));
+
+    // Without thresholding a 1-D array is fine.
+    let plain = scheduler_with_steps(10);
+    assert!(plain.step(&x, 500, &x).is_ok());
+}
+
+#[test]
+fn bad_eta_is_invalid_eta_in_step_with_noise() {
+    let s = scheduler_with_steps(10);
+    let x = Array2::<f32>::from_elem((2, 3), 0.25);
+    for bad in [
+        -0.5,
+        -f64::MIN_POSITIVE,
+        f64::NAN,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+    ] {
+        let err = s
+            .step_with_noise(&x, 500, &x, &eta(bad), &x)
+            .expect_err("bad eta");
+        let message = err.to_string();
+        match err {
+            DdimError::InvalidEta { eta } => {
+                assert!(
+                    eta.to_bits() == bad.to_bits() || (eta.is_nan() && bad.is_nan()),
+                    "{eta} vs {bad}"
+                );
+            }
+            other => panic!("eta {bad}: expected InvalidEta, got {other:?}"),
+        }
+        assert!(message.contains(&bad.to_string()), "{message}");
+        assert!(message.contains(">= 0"), "{message}");
+    }
+}
+
+#[test]
+fn bad_eta_is_invalid_eta_in_step_with_rng() {
+    let s = scheduler_with_steps(10);
+    let x = Array2::<f64>::from_elem((2, 3), 0.25);
+    for bad in [-1.0, f64::NAN, f64::INFINITY] {
+        let err = s
+            .step_with_rng(&x, 500, &x, &eta(bad), &mut rng())
+            .expect_err("bad eta");
+        assert!(
+            matches!(err, DdimError::InvalidEta { eta } if eta.to_bits() == bad.to_bits()
+                || (eta.is_nan() && bad.is_nan())),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains(&bad.to_string()), "{err}");
+    }
+    // Also with thresholding, where the step runs per batch item.
+    let t = thresholding_scheduler();
+    let err = t
+        .step_with_rng(&x, 500, &x, &eta(f64::INFINITY), &mut rng())
+        .expect_err("infinite eta");
+    assert!(matches!(err, DdimError::InvalidEta { .. }), "{err:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// add_noise and get_velocity
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn add_noise_needs_one_timestep_per_batch_item() {
+    let s = scheduler_with_steps(10);
+    let x = Array2::<f32>::zeros((3, 4));
+    for timesteps in [&[10usize, 20][..], &[10, 20, 30, 40][..], &[][..]] {
+        let err = s.add_noise(&x, &x, timesteps).expect_err("count differs");
+        assert!(
+            matches!(err, DdimError::BatchSizeMismatch { count, batch_size: 3 } if count == timesteps.len()),
+            "{err:?}"
+        );
+        let message = err.to_string();
+        assert!(
+            message.contains(&format!("{} timesteps", timesteps.len()))
+                && message.contains("batch of 3"),
+            "{message}"
+        );
+    }
+}
+
+#[test]
+fn get_velocity_needs_one_timestep_per_batch_item() {
+    let s = scheduler_with_steps(10);
+    let x = Array4::<f64>::zeros((2, 1, 2, 2));
+    let err = s.get_velocity(&x, &x, &[5]).expect_err("count differs");
+    assert!(
+        matches!(
+            err,
+            DdimError::BatchSizeMismatch {
+                count: 1,
+                batch_size: 2
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn add_noise_and_get_velocity_refuse_out_of_range_timesteps() {
+    let s = DdimScheduler::new(DdimConfig::default()).expect("no set_timesteps needed");
+    let x = Array2::<f32>::zeros((2, 3));
+    let err = s.add_noise(&x, &x, &[0, 1000]).expect_err("timestep 1000");
+    assert!(
+        matches!(
+            err,
+            DdimError::TimestepOutOfRange {
+                timestep: 1000,
+                num_train_timesteps: 1000
+            }
+        ),
+        "{err:?}"
+    );
+    let err = s.get_velocity(&x, &x, &[usize::MAX, 3]).expect_err("huge");
+    assert!(
+        matches!(
+            err,
+            DdimError::TimestepOutOfRange {
+                timestep: usize::MAX,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    // In range works without set_timesteps.
+    assert!(s.add_noise(&x, &x, &[0, 999]).is_ok());
+}
+
+#[test]
+fn add_noise_and_get_velocity_refuse_mismatched_shapes() {
+    let s = DdimScheduler::new(DdimConfig::default()).expect("default");
+    let a = Array2::<f32>::zeros((2, 3));
+    let b = Array2::<f32>::zeros((2, 5));
+    for err in [
+        s.add_noise(&a, &b, &[1, 2]).expect_err("add_noise shapes"),
+        s.get_velocity(&a, &b, &[1, 2])
+            .expect_err("get_velocity shapes"),
+    ] {
+        let message = err.to_string();
+        match err {
+            DdimError::ShapeMismatch {
+                name,
+                found,
+                reference_name,
+                expected,
+            } => {
+                assert_eq!(name, "noise");
+                assert_eq!(found, vec![2, 5]);
+                assert_eq!(reference_name, "sample");
+                assert_eq!(expected, vec![2, 3]);
+            }
+            other => panic!("expected ShapeMismatch, got {other:?}"),
+        }
+        assert!(
+            message.contains("[2, 5]") && message.contains("[2, 3]"),
+            "{message}"
+        );
+    }
+}
+
+#[test]
+fn add_noise_and_get_velocity_need_a_batch_axis() {
+    let s = DdimScheduler::new(DdimConfig::default()).expect("default");
+    let scalar = Array0::<f32>::from_elem((), 1.0);
+    for err in [
+        s.add_noise(&scalar, &scalar, &[1])
+            .expect_err("0-d add_noise"),
+        s.get_velocity(&scalar, &scalar, &[1])
+            .expect_err("0-d get_velocity"),
+        s.add_noise(&scalar, &scalar, &[])
+            .expect_err("0-d, no timesteps"),
+    ] {
+        assert!(
+            matches!(
+                err,
+                DdimError::TooFewAxes {
+                    found: 0,
+                    required: 1,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("at least 1 axes"), "{err}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Files
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn missing_config_file_is_io_error_naming_the_path() {
+    let dir = ScratchDir::new("missing");
+    let path = dir.path().join("no_such_config.json");
+    let err = DdimConfig::from_file(&path).expect_err("missing file");
+    let message = err.to_string();
+    match &err {
+        DdimError::Io { path: p, source } => {
+            assert_eq!(p, &path);
+            assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
+        }
+        other => panic!("expected Io, got {other:?}"),
+    }
+    assert!(message.contains(&path.display().to_string()), "{message}");
+    assert!(
+        std::error::Error::source(&err).is_some(),
+        "the io::Error is the source"
+    );
+}
+
+#[test]
+fn directory_given_as_config_file_is_io_error() {
+    let dir = ScratchDir::new("is-a-dir");
+    let err = DdimConfig::from_file(dir.path()).expect_err("a directory");
+    let message = err.to_string();
+    assert!(
+        matches!(&err, DdimError::Io { path, .. } if path == dir.path()),
+        "{err:?}"
+    );
+    assert!(
+        message.contains(&dir.path().display().to_string()),
+        "{message}"
+    );
+}
+
+#[test]
+fn config_file_with_bad_json_is_a_parse_error() {
+    let dir = ScratchDir::new("bad-json");
+    let path = dir.path().join("scheduler_config.json");
+    std::fs::write(&path, "{\n  \"clip_sample\": maybe\n}\n").expect("write");
+    let err = DdimConfig::from_file(&path).expect_err("bad JSON");
+    assert!(
+        matches!(err, DdimError::ConfigParse { line: 2, .. }),
+        "{err:?}"
+    );
+    // from_pretrained finds the file and reports the same problem.
+    let err = DdimScheduler::from_pretrained(dir.path()).expect_err("bad JSON");
+    assert!(
+        matches!(err, DdimError::ConfigParse { line: 2, .. }),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn from_pretrained_without_a_config_lists_the_three_paths_tried() {
+    let dir = ScratchDir::new("no-config");
+    // Something else in the folder, and an empty `scheduler` subfolder.
+    std::fs::write(dir.path().join("model_index.json"), "{}").expect("write");
+    std::fs::create_dir(dir.path().join("scheduler")).expect("mkdir");
+
+    let err = DdimScheduler::from_pretrained(dir.path()).expect_err("no config");
+    let message = err.to_string();
+    let expected = vec![
+        dir.path().to_path_buf(),
+        dir.path().join("scheduler_config.json"),
+        dir.path().join("scheduler").join("scheduler_config.json"),
+    ];
+    match err {
+        DdimError::ConfigNotFound { path, tried } => {
+            assert_eq!(path, dir.path());
+            assert_eq!(tried, expected);
+        }
+        other => panic!("expected ConfigNotFound, got {other:?}"),
+    }
+    for p in &expected {
+        assert!(
+            message.contains(&format!("`{}`", p.display())),
+            "{message} should name {}",
+            p.display()
+        );
+    }
+}
+
+#[test]
+fn from_pretrained_on_a_missing_path_is_config_not_found() {
+    let dir = ScratchDir::new("missing-path");
+    let gone = dir.path().join("not-downloaded-yet");
+    let err = DdimScheduler::from_pretrained(&gone).expect_err("nothing there");
+    assert!(
+        matches!(&err, DdimError::ConfigNotFound { path, tried } if path == &gone && tried.len() == 3),
+        "{err:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Empty arrays are not errors
+// ---------------------------------------------------------------------------------------------
+
+/// Runs every array method on zero-element inputs of `shape` and checks the results are empty
+/// arrays of the same shape.
+fn assert_empty_inputs_give_empty_outputs(shape: &[usize]) {
+    let x = ArrayD::<f32>::zeros(IxDyn(shape));
+    let batch = shape[0];
+    let timesteps: Vec<usize> = (0..batch).map(|i| 100 * i).collect();
+    for thresholding in [false, true] {
+        let config = DdimConfig {
+            thresholding,
+            ..DdimConfig::default()
+        };
+        let mut s = DdimScheduler::new(config).expect("config");
+        s.set_timesteps(10).expect("10 steps");
+
+        let out = s.step(&x, 500, &x).expect("empty step");
+        assert_eq!(
+            out.prev_sample.shape(),
+            shape,
+            "thresholding {thresholding}"
+        );
+        assert_eq!(out.pred_original_sample.shape(), shape);
+        assert_eq!(out.prev_sample.len(), 0);
+
+        let out = s
+            .step_with_noise(&x, 500, &x, &eta(1.0), &x)
+            .expect("empty noisy step");
+        assert_eq!(
+            out.prev_sample.shape(),
+            shape,
+            "thresholding {thresholding}"
+        );
+        assert_eq!(out.pred_original_sample.shape(), shape);
+
+        let out = s
+            .step_with_rng(&x, 500, &x, &eta(0.5), &mut rng())
+            .expect("empty rng step");
+        assert_eq!(
+            out.prev_sample.shape(),
+            shape,
+            "thresholding {thresholding}"
+        );
+
+        let noisy = s.add_noise(&x, &x, &timesteps).expect("empty add_noise");
+        assert_eq!(noisy.shape(), shape);
+        let v = s
+            .get_velocity(&x, &x, &timesteps)
+            .expect("empty get_velocity");
+        assert_eq!(v.shape(), shape);
+    }
+}
+
+#[test]
+fn empty_batch_steps_and_noises_to_empty_results() {
+    assert_empty_inputs_give_empty_outputs(&[0, 4, 8, 8]);
+}
+
+#[test]
+fn empty_feature_axis_steps_and_noises_to_empty_results() {
+    assert_empty_inputs_give_empty_outputs(&[2, 0]);
+}
+
+#[test]
+fn empty_arrays_with_static_dimensions_are_fine_too() {
+    let s = thresholding_scheduler();
+    let x: Array<f64, _> = Array4::zeros((0, 4, 8, 8));
+    let out = s.step(&x, 0, &x).expect("empty step");
+    assert_eq!(out.prev_sample.dim(), (0, 4, 8, 8));
+    assert_eq!(s.add_noise(&x, &x, &[]).expect("empty").dim(), (0, 4, 8, 8));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The error type itself
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn error_type_is_send_sync_static_and_a_std_error() {
+    fn assert_traits<E: std::error::Error + Send + Sync + 'static>() {}
+    assert_traits::<DdimError>();
+
+    // It converts into the boxed error of `?`-based applications and keeps its message.
+    let err = DdimConfig::from_json_str("{").expect_err("bad JSON");
+    let text = err.to_string();
+    let boxed: Box<dyn std::error::Error + Send + Sync + 'static> = Box::new(err);
+    assert_eq!(boxed.to_string(), text);
+    assert!(boxed.downcast_ref::<DdimError>().is_some());
+}
