@@ -222,8 +222,9 @@ mod tests {
     #[test]
     fn zero_snr_rescale_ends_at_beta_one_and_keeps_first_alpha_bar() {
         let betas = torch_linspace_f32(0.0001, 0.02, 1000);
-        let rescaled = rescale_zero_terminal_snr(&betas).expect("decreasing alpha_bar");
-        assert_eq!(rescaled[999], 1.0);
+        let rescaled = rescale_zero_terminal_snr(&betas).unwrap_or_default();
+        assert_eq!(rescaled.len(), 1000);
+        assert_eq!(rescaled.last(), Some(&1.0));
         assert!((rescaled[0] - betas[0]).abs() < 1e-6);
         assert_eq!(rescale_zero_terminal_snr(&[0.0; 5]), None);
     }
