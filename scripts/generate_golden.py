@@ -246,6 +246,28 @@ def gen_timesteps():
 # 3. single steps
 
 
+def step_scalars(sch, t, eta):
+    """The float32 scalars the reference's `step` computes at timestep `t`, evaluated with the
+    same 0-dimensional tensor operations (so with torch's own square root), each written as the
+    hex of its float32 bits (NaN included)."""
+    prev_t = t - sch.config.num_train_timesteps // sch.num_inference_steps
+    alpha = sch.alphas_cumprod[t]
+    alpha_prev = sch.alphas_cumprod[prev_t] if prev_t >= 0 else sch.final_alpha_cumprod
+    beta = 1 - alpha
+    sigma = eta * sch._get_variance(t, prev_t) ** 0.5
+    values = {
+        "alpha_bar": alpha,
+        "alpha_bar_prev": alpha_prev,
+        "sqrt_alpha_bar": alpha ** 0.5,
+        "sqrt_one_minus_alpha_bar": beta ** 0.5,
+        "sqrt_alpha_bar_prev": alpha_prev ** 0.5,
+        "sigma": sigma,
+        "direction": (1 - alpha_prev - sigma ** 2) ** 0.5,
+    }
+    bits = lambda v: v.to(torch.float32).reshape(1).numpy().view(np.uint32)[0]
+    return {name: f"{bits(v):08x}" for name, v in values.items()}
+
+
 def gen_steps(real):
     g = torch.Generator().manual_seed(20240611)
     shape = (2, 3, 4, 4)
@@ -285,6 +307,7 @@ def gen_steps(real):
                                variance_noise=inputs[use_noise] if use_noise else None)
                 case["prev_sample"] = tensor_json(out.prev_sample)
                 case["pred_original_sample"] = tensor_json(out.pred_original_sample)
+                case["scalars"] = step_scalars(sch, t, float(eta))
             except Exception as exc:  # noqa: BLE001
                 case["error"] = error_text(exc)
             (quirks if quirk else cases).append(case)

@@ -48,6 +48,8 @@ pub trait DdimFloat:
     fn sqrt(self) -> Self;
     /// The absolute value.
     fn abs(self) -> Self;
+    /// `self * a + b` with a single rounding (fused multiply-add).
+    fn mul_add(self, a: Self, b: Self) -> Self;
     /// Whether the value is NaN.
     fn is_nan(self) -> bool;
     /// IEEE 754 total order (used to select quantiles without panicking).
@@ -80,6 +82,10 @@ macro_rules! impl_float {
             #[inline(always)]
             fn abs(self) -> Self {
                 <$t>::abs(self)
+            }
+            #[inline(always)]
+            fn mul_add(self, a: Self, b: Self) -> Self {
+                <$t>::mul_add(self, a, b)
             }
             #[inline(always)]
             fn is_nan(self) -> bool {

@@ -78,7 +78,7 @@ pub use ndarray;
 pub use config::{BetaSchedule, DdimConfig, PredictionType, TimestepSpacing, MAX_TRAIN_TIMESTEPS};
 pub use error::DdimError;
 pub use float::DdimFloat;
-pub use scheduler::{DdimScheduler, DdimSchedulerOutput, StepOptions};
+pub use scheduler::{DdimScheduler, DdimSchedulerOutput, StepOptions, StepScalars};
 
 /// The README's examples, compiled and run as doc tests.
 #[cfg(doctest)]

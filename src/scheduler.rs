@@ -30,6 +30,57 @@ pub struct StepOptions {
     pub use_clipped_model_output: bool,
 }
 
+/// The scalars of one DDIM step, in float32, computed with the reference's float32 operations.
+///
+/// [`DdimScheduler::step`] applies them to arrays; they are public for callers who apply the
+/// update themselves, for example on GPU tensors, and for checking a port against the
+/// reference. With `a = alpha_bar`, `a' = alpha_bar_prev` and `s = sigma`, the step is
+/// (DDIM paper eq. 12)
+///
+/// ```text
+/// x0   = (sample - sqrt(1 - a) * eps) / sqrt(a)          for epsilon prediction
+/// prev = sqrt(a') * x0 + direction * eps + s * noise,     direction = sqrt(1 - a' - s^2)
+/// ```
+///
+/// # Example
+///
+/// ```
+/// use ddim::{DdimConfig, DdimScheduler, StepOptions};
+///
+/// let mut scheduler = DdimScheduler::new(DdimConfig::default())?;
+/// scheduler.set_timesteps(10)?;
+/// let k = scheduler.step_scalars(900, &StepOptions::default())?;
+/// assert_eq!(k.prev_timestep, Some(800));
+/// assert_eq!(k.alpha_bar, scheduler.alphas_cumprod()[900]);
+/// assert_eq!(k.sigma, 0.0); // eta = 0
+/// assert!((k.direction - (1.0 - k.alpha_bar_prev).sqrt()).abs() < 1e-7);
+/// # Ok::<(), ddim::DdimError>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepScalars {
+    /// The timestep stepped from.
+    pub timestep: usize,
+    /// The timestep stepped to, `timestep - num_train_timesteps / num_inference_steps`, or
+    /// `None` when that is below 0 (the last step, which moves to `final_alpha_cumprod`).
+    pub prev_timestep: Option<usize>,
+    /// `alpha_bar` at `timestep`.
+    pub alpha_bar: f32,
+    /// `alpha_bar` at `prev_timestep`, or [`DdimScheduler::final_alpha_cumprod`].
+    pub alpha_bar_prev: f32,
+    /// `sqrt(alpha_bar)`.
+    pub sqrt_alpha_bar: f32,
+    /// `sqrt(1 - alpha_bar)`.
+    pub sqrt_one_minus_alpha_bar: f32,
+    /// `sqrt(alpha_bar_prev)`.
+    pub sqrt_alpha_bar_prev: f32,
+    /// `sigma = eta * sqrt((1 - a') / (1 - a) * (1 - a / a'))` (DDIM paper eq. 16); 0 when
+    /// `eta == 0`.
+    pub sigma: f32,
+    /// `sqrt(1 - alpha_bar_prev - sigma^2)`, with the difference clamped at 0 where rounding
+    /// makes it negative (the reference returns NaN there).
+    pub direction: f32,
+}
+
 /// The result of one step.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DdimSchedulerOutput<T, D: Dimension> {
@@ -426,35 +477,57 @@ impl DdimScheduler {
             })
     }
 
-    /// The scalars of the update at `timestep`, computed in float32 with the reference's
-    /// operations, so that they are the reference's scalars to the bit.
-    fn coefficients(
+    /// The float32 scalars of a step from `timestep` with `options` (see [`StepScalars`]).
+    ///
+    /// # Errors
+    ///
+    /// [`DdimError::InvalidEta`], [`DdimError::TimestepsNotSet`] and
+    /// [`DdimError::TimestepOutOfRange`], as [`step_with_noise`](DdimScheduler::step_with_noise).
+    pub fn step_scalars(
         &self,
         timestep: usize,
         options: &StepOptions,
-    ) -> Result<StepCoefficients<f32>, DdimError> {
+    ) -> Result<StepScalars, DdimError> {
         let eta = options.eta;
         if !(eta.is_finite() && eta >= 0.0) {
             return Err(DdimError::InvalidEta { eta });
         }
         let n = self.num_inference_steps.ok_or(DdimError::TimestepsNotSet)?;
-        let alpha_t = self.alpha_bar(timestep)?;
-        let alpha_prev = match timestep.checked_sub(self.config.num_train_timesteps / n) {
+        let alpha_bar = self.alpha_bar(timestep)?;
+        let prev_timestep = timestep.checked_sub(self.config.num_train_timesteps / n);
+        let alpha_bar_prev = match prev_timestep {
             Some(prev) => self.alpha_bar(prev)?,
             None => self.schedule.final_alpha_cumprod,
         };
-        let beta_t = 1.0 - alpha_t;
-        let beta_prev = 1.0 - alpha_prev;
-        // sigma_t of DDIM eq. 16; not evaluated at eta = 0, where it is 0 whatever the tables.
+        let beta = 1.0 - alpha_bar;
+        let beta_prev = 1.0 - alpha_bar_prev;
+        // Not evaluated at eta = 0, where sigma is 0 whatever the tables.
         let sigma = if eta > 0.0 {
-            let variance = non_negative((beta_prev / beta_t) * (1.0 - alpha_t / alpha_prev));
+            let variance = non_negative((beta_prev / beta) * (1.0 - alpha_bar / alpha_bar_prev));
             eta as f32 * variance.sqrt()
         } else {
             0.0
         };
-        let direction = non_negative((1.0 - alpha_prev) - sigma * sigma).sqrt();
-        let (sa, sb) = (alpha_t.sqrt(), beta_t.sqrt());
+        Ok(StepScalars {
+            timestep,
+            prev_timestep,
+            alpha_bar,
+            alpha_bar_prev,
+            sqrt_alpha_bar: alpha_bar.sqrt(),
+            sqrt_one_minus_alpha_bar: beta.sqrt(),
+            sqrt_alpha_bar_prev: alpha_bar_prev.sqrt(),
+            sigma,
+            direction: non_negative((1.0 - alpha_bar_prev) - sigma * sigma).sqrt(),
+        })
+    }
 
+    /// The coefficients of the fused update (see `kernel`) for a step with these scalars.
+    fn coefficients(
+        &self,
+        k: &StepScalars,
+        use_clipped_model_output: bool,
+    ) -> StepCoefficients<f32> {
+        let (sa, sb) = (k.sqrt_alpha_bar, k.sqrt_one_minus_alpha_bar);
         // x0 = (a*sample + b*output) / q and eps = (c*sample + d*output) / u, by prediction type
         // (DDIM eq. 9 solved for x0 or eps, and Salimans and Ho's v).
         let (a, b, q, c, d, u) = match self.config.prediction_type {
@@ -463,12 +536,12 @@ impl DdimScheduler {
             PredictionType::VPrediction => (sa, -sb, 1.0, sb, sa, 1.0),
         };
         // With use_clipped_model_output, eps = (sample - sa * x0) / sb from the clipped x0.
-        let (c, d, h, u) = if options.use_clipped_model_output {
+        let (c, d, h, u) = if use_clipped_model_output {
             (1.0, 0.0, -sa, sb)
         } else {
             (c, d, 0.0, u)
         };
-        Ok(StepCoefficients {
+        StepCoefficients {
             x0_from_sample: a,
             x0_from_output: b,
             x0_divisor: q,
@@ -476,10 +549,10 @@ impl DdimScheduler {
             eps_from_output: d,
             eps_from_x0: h,
             eps_divisor: u,
-            prev_from_x0: alpha_prev.sqrt(),
-            prev_from_eps: direction,
-            prev_from_noise: sigma,
-        })
+            prev_from_x0: k.sqrt_alpha_bar_prev,
+            prev_from_eps: k.direction,
+            prev_from_noise: k.sigma,
+        }
     }
 
     /// Every step flavour ends here: checks, coefficients, then one fused pass (per batch item
@@ -498,7 +571,10 @@ impl DdimScheduler {
         F: FnMut() -> T,
     {
         check_same_shape("model_output", model_output.shape(), sample.shape())?;
-        let k = self.coefficients(timestep, options)?.widen::<T>();
+        let scalars = self.step_scalars(timestep, options)?;
+        let k = self
+            .coefficients(&scalars, options.use_clipped_model_output)
+            .widen::<T>();
         let mut prev_sample = Array::from_elem(sample.raw_dim(), T::ZERO);
         let mut pred_original_sample = Array::from_elem(sample.raw_dim(), T::ZERO);
 
@@ -530,7 +606,7 @@ impl DdimScheduler {
                 required: 2,
             });
         }
-        let ratio = T::from_f64(self.config.dynamic_thresholding_ratio);
+        let ratio = self.config.dynamic_thresholding_ratio;
         let max_value = T::from_f64(self.config.sample_max_value);
         let items_len = sample.len() / sample.len_of(Axis(0)).max(1);
         let mut scratch = Vec::with_capacity(items_len);

@@ -7,10 +7,12 @@ use crate::DdimFloat;
 /// clamped to `[1, max_value]` (to `max_value` when `max_value < 1`, as `torch.clamp` does).
 ///
 /// `abs_x0` holds `|x0|` and is reordered in place. The quantile interpolates linearly between
-/// the two nearest order statistics like `torch.quantile`: rank `r = ratio * (len - 1)` computed
-/// in the element type, `lo = floor(r)`, `hi = ceil(r)`, and `torch.lerp`'s two-sided formula.
-/// It is found by selection, in linear time. NaN anywhere gives NaN. An empty slice gives 1.
-pub(crate) fn dynamic_threshold<T: DdimFloat>(abs_x0: &mut [T], ratio: T, max_value: T) -> T {
+/// the two nearest order statistics as `torch.quantile` does: rank `r = ratio * (len - 1)` in
+/// double with `ratio` rounded to the element type, `lo = floor(r)`, `hi = ceil(r)`, the weight
+/// `r - lo` rounded to the element type, and
+/// `torch.lerp`'s two-sided formula with a fused multiply-add. The order statistics are found by
+/// selection, in linear time. NaN anywhere gives NaN. An empty slice gives 1.
+pub(crate) fn dynamic_threshold<T: DdimFloat>(abs_x0: &mut [T], ratio: f64, max_value: T) -> T {
     let q = match quantile(abs_x0, ratio) {
         Some(q) => q,
         None => return clamp_threshold(T::ONE, max_value),
@@ -32,16 +34,17 @@ fn clamp_threshold<T: DdimFloat>(s: T, max_value: T) -> T {
 }
 
 /// The linearly interpolated `ratio` quantile of `values` (reordered in place); `None` when empty.
-fn quantile<T: DdimFloat>(values: &mut [T], ratio: T) -> Option<T> {
+fn quantile<T: DdimFloat>(values: &mut [T], ratio: f64) -> Option<T> {
     let last = values.len().checked_sub(1)?;
     if values.iter().any(|v| v.is_nan()) {
         return Some(T::from_f64(f64::NAN));
     }
-    let rank = ratio * T::from_f64(last as f64);
-    let rank_f64 = rank.to_f64();
-    let lo = (rank_f64.floor() as usize).min(last);
-    let hi = (rank_f64.ceil() as usize).min(last);
-    let weight = rank - T::from_f64(lo as f64);
+    // The ratio is rounded to the element type first (torch makes it a tensor of the input's
+    // dtype); the rank is then exact enough in double.
+    let rank = T::from_f64(ratio).to_f64() * last as f64;
+    let lo = (rank.floor() as usize).min(last);
+    let hi = (rank.ceil() as usize).min(last);
+    let weight = T::from_f64(rank - lo as f64);
     let (_, &mut below, upper) = values.select_nth_unstable_by(lo, T::total_cmp);
     let above = if hi > lo {
         // The smallest value of the upper partition is the order statistic `lo + 1 == hi`.
@@ -53,13 +56,14 @@ fn quantile<T: DdimFloat>(values: &mut [T], ratio: T) -> Option<T> {
 }
 
 /// `torch.lerp(start, end, weight)`: `start + w (end - start)` for `|w| < 0.5`, else
-/// `end - (end - start)(1 - w)`, so that both endpoints are exact.
+/// `end - (end - start)(1 - w)` (so that both endpoints are exact), each with one rounding.
 fn lerp<T: DdimFloat>(start: T, end: T, weight: T) -> T {
     let half = T::from_f64(0.5);
+    let span = end - start;
     if weight.abs() < half {
-        start + weight * (end - start)
+        weight.mul_add(span, start)
     } else {
-        end - (end - start) * (T::ONE - weight)
+        (weight - T::ONE).mul_add(span, end)
     }
 }
 

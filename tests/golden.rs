@@ -309,11 +309,41 @@ fn set_timesteps_like_reference(s: &mut DdimScheduler, n: usize, label: &str) {
     }
 }
 
+/// The float32 bits of the reference's step scalars, as recorded by the generator.
+fn reference_scalars(case: &Value) -> [u32; 7] {
+    let k = &case["scalars"];
+    let bits =
+        |name: &str| u32::from_str_radix(k[name].as_str().expect("hex bits"), 16).expect("hex");
+    [
+        bits("alpha_bar"),
+        bits("alpha_bar_prev"),
+        bits("sqrt_alpha_bar"),
+        bits("sqrt_one_minus_alpha_bar"),
+        bits("sqrt_alpha_bar_prev"),
+        bits("sigma"),
+        bits("direction"),
+    ]
+}
+
+fn scalar_bits(k: &ddim::StepScalars) -> [u32; 7] {
+    [
+        k.alpha_bar,
+        k.alpha_bar_prev,
+        k.sqrt_alpha_bar,
+        k.sqrt_one_minus_alpha_bar,
+        k.sqrt_alpha_bar_prev,
+        k.sigma,
+        k.direction,
+    ]
+    .map(f32::to_bits)
+}
+
 #[test]
 fn steps_match_reference() {
     let fixture = golden("steps");
     let inputs = inputs(&fixture);
     let (mut deviations, mut conditioned, mut elements) = (0, 0, 0);
+    let mut exact_cases = 0;
     for case in cases(&fixture) {
         let label = name(case);
         let mut s = scheduler(case);
@@ -345,6 +375,37 @@ fn steps_match_reference() {
         let (prev, x0) = ours.unwrap_or_else(|e| panic!("{label}: {e}"));
         let reference_prev = tensor(&case["prev_sample"]).values();
         let reference_x0 = tensor(&case["pred_original_sample"]).values();
+        // Where our float32 scalars are the reference's to the bit, so is every output element.
+        let ours_k = s.step_scalars(timestep, &options).expect("scalars");
+        if !s.config().rescale_betas_zero_snr {
+            // Same tables to the bit; the square roots (and sigma, a square root times eta)
+            // within the one ulp by which torch's float32 sqrt misses the correctly rounded one.
+            let ulps = reference_scalars(case)
+                .iter()
+                .zip(scalar_bits(&ours_k))
+                .map(|(&r, o)| r.abs_diff(o))
+                .collect::<Vec<_>>();
+            let limits = [0, 0, 1, 1, 1, 1];
+            assert!(
+                ulps.iter().zip(limits).all(|(&u, limit)| u <= limit),
+                "{label}: scalar differences in ulps {ulps:?} (alpha_bar, alpha_bar_prev, \
+                 sqrt_alpha_bar, sqrt_one_minus_alpha_bar, sqrt_alpha_bar_prev, sigma, direction)"
+            );
+        }
+        if reference_scalars(case) == scalar_bits(&ours_k) {
+            let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(
+                bits(&prev),
+                bits(&reference_prev),
+                "{label}: prev_sample bits"
+            );
+            assert_eq!(
+                bits(&x0),
+                bits(&reference_x0),
+                "{label}: pred_original_sample bits"
+            );
+            exact_cases += 1;
+        }
         let (abs, rel) = tolerance;
         let mut needed = 0;
         if reference_nan_from_negative_rounding(case, &reference_prev) {
@@ -379,6 +440,12 @@ fn steps_match_reference() {
     assert!(cases(&fixture).len() > 400);
     // The fixture holds such cases; if the reference stops producing NaN there, revisit the docs.
     assert!(deviations > 0);
+    // A good share of the cases has the reference's scalars exactly (190 of 474 when written),
+    // so the bit-for-bit check above is not vacuous.
+    assert!(
+        exact_cases * 3 > cases(&fixture).len(),
+        "{exact_cases} exact cases"
+    );
     // For float32, the allowance is for the few ill-conditioned elements, not a general loosening.
     assert!(
         conditioned * 100 < elements,
