@@ -4,10 +4,9 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::PathBuf;
 
-use common::fixture_path;
+use common::{fixture_path, ScratchDir};
 use ddim::{BetaSchedule, DdimConfig, DdimError, DdimScheduler, PredictionType, TimestepSpacing};
 use serde_json::Value;
 
@@ -38,33 +37,6 @@ const FIXTURES: [&str; 5] = [
     "stable-diffusion-v1-5",
     "stable-diffusion-xl-base-1.0",
 ];
-
-/// A scratch folder below the system temp dir, unique to one test, removed when dropped.
-struct ScratchDir(PathBuf);
-
-impl ScratchDir {
-    fn new(label: &str) -> Self {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let path =
-            std::env::temp_dir().join(format!("ddim-config-{}-{label}-{n}", std::process::id()));
-        if path.exists() {
-            std::fs::remove_dir_all(&path).expect("remove stale scratch dir");
-        }
-        std::fs::create_dir_all(&path).expect("create scratch dir");
-        ScratchDir(path)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn fixture(name: &str) -> PathBuf {
     fixture_path(&format!("configs/{name}.json"))

@@ -1,8 +1,9 @@
 //! Every way of misusing the crate must come back as a `DdimError` (never a panic), with the
 //! variant that names the problem and a message that says what was wrong and what is accepted.
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+mod common;
+
+use common::ScratchDir;
 
 use ddim::ndarray::{Array, Array0, Array1, Array2, Array4, ArrayD, IxDyn};
 use ddim::{DdimConfig, DdimError, DdimScheduler, StepOptions, MAX_TRAIN_TIMESTEPS};
@@ -12,33 +13,6 @@ use rand::SeedableRng;
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
-
-/// A scratch folder below the system temp dir, unique to one test, removed when dropped.
-struct ScratchDir(PathBuf);
-
-impl ScratchDir {
-    fn new(label: &str) -> Self {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let path =
-            std::env::temp_dir().join(format!("ddim-errors-{}-{label}-{n}", std::process::id()));
-        if path.exists() {
-            std::fs::remove_dir_all(&path).expect("remove stale scratch dir");
-        }
-        std::fs::create_dir_all(&path).expect("create scratch dir");
-        ScratchDir(path)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Parses `json`, which must be rejected, and returns the error.
 fn rejected(json: &str) -> DdimError {
@@ -100,6 +74,27 @@ fn rejected_by_validate_and_new(config: DdimConfig) -> DdimError {
     let from_new = DdimScheduler::new(config).expect_err("new should reject");
     assert_eq!(from_validate.to_string(), from_new.to_string());
     from_new
+}
+
+/// Asserts a `ShapeMismatch` naming `name` with shape `found` against the sample's `expected`,
+/// with both shapes in the message.
+fn assert_shape_mismatch(err: DdimError, name: &str, found: &[usize], expected: &[usize]) {
+    let message = err.to_string();
+    match err {
+        DdimError::ShapeMismatch {
+            name: n,
+            found: f,
+            reference_name,
+            expected: e,
+        } => {
+            assert_eq!((n, f.as_slice(), e.as_slice()), (name, found, expected));
+            assert_eq!(reference_name, "sample");
+        }
+        other => panic!("expected ShapeMismatch, got {other:?}"),
+    }
+    for shape in [found, expected] {
+        assert!(message.contains(&format!("{shape:?}")), "{message}");
+    }
 }
 
 /// A default scheduler (1000 training timesteps) with `n` inference steps.
@@ -182,67 +177,59 @@ fn json_that_is_not_an_object_is_a_parse_error() {
     }
 }
 
+/// A value of the wrong JSON type: the message names the value given and the type expected.
 #[test]
-fn string_for_num_train_timesteps_is_a_type_error() {
-    let message = parse_message(rejected(r#"{"num_train_timesteps": "1000"}"#));
-    assert!(message.contains("invalid type"), "{message}");
-    assert!(
-        message.contains("\"1000\""),
-        "names the bad value: {message}"
-    );
-    assert!(
-        message.contains("usize"),
-        "names the expected type: {message}"
-    );
-}
-
-#[test]
-fn integer_for_clip_sample_is_a_type_error() {
-    let message = parse_message(rejected(r#"{"clip_sample": 1}"#));
-    assert!(message.contains("invalid type"), "{message}");
-    assert!(
-        message.contains("integer `1`"),
-        "names the bad value: {message}"
-    );
-    assert!(
-        message.contains("boolean"),
-        "names the expected type: {message}"
-    );
-}
-
-#[test]
-fn negative_steps_offset_is_a_type_error() {
-    let message = parse_message(rejected(r#"{"steps_offset": -1}"#));
-    assert!(message.contains("-1"), "names the bad value: {message}");
-}
-
-#[test]
-fn unknown_beta_schedule_lists_allowed_values() {
-    let message = parse_message(rejected(r#"{"beta_schedule": "cosine"}"#));
-    assert!(message.contains("unknown variant `cosine`"), "{message}");
-    for allowed in ["`linear`", "`scaled_linear`", "`squaredcos_cap_v2`"] {
-        assert!(message.contains(allowed), "{message} should list {allowed}");
+fn wrong_json_types_name_the_value_and_the_expected_type() {
+    for (json, value, expected) in [
+        (r#"{"num_train_timesteps": "1000"}"#, "\"1000\"", "usize"),
+        (r#"{"clip_sample": 1}"#, "integer `1`", "boolean"),
+        (r#"{"steps_offset": -1}"#, "-1", "usize"),
+        (r#"{"beta_start": "0.1"}"#, "\"0.1\"", "f64"),
+    ] {
+        let message = parse_message(rejected(json));
+        assert!(message.contains("invalid"), "{json}: {message}");
+        assert!(
+            message.contains(value),
+            "{json}: names the value: {message}"
+        );
+        assert!(
+            message.contains(expected),
+            "{json}: names the type: {message}"
+        );
     }
 }
 
+/// An unknown enum string: the message names it and lists every allowed spelling.
 #[test]
-fn unknown_prediction_type_lists_allowed_values() {
-    let message = parse_message(rejected(r#"{"prediction_type": "v-prediction"}"#));
-    assert!(
-        message.contains("unknown variant `v-prediction`"),
-        "{message}"
-    );
-    for allowed in ["`epsilon`", "`sample`", "`v_prediction`"] {
-        assert!(message.contains(allowed), "{message} should list {allowed}");
-    }
-}
-
-#[test]
-fn unknown_timestep_spacing_lists_allowed_values() {
-    let message = parse_message(rejected(r#"{"timestep_spacing": "uniform"}"#));
-    assert!(message.contains("unknown variant `uniform`"), "{message}");
-    for allowed in ["`leading`", "`trailing`", "`linspace`"] {
-        assert!(message.contains(allowed), "{message} should list {allowed}");
+fn unknown_enum_strings_list_the_allowed_values() {
+    for (key, bad, allowed) in [
+        (
+            "beta_schedule",
+            "cosine",
+            &["linear", "scaled_linear", "squaredcos_cap_v2"],
+        ),
+        (
+            "prediction_type",
+            "v-prediction",
+            &["epsilon", "sample", "v_prediction"],
+        ),
+        (
+            "timestep_spacing",
+            "uniform",
+            &["leading", "trailing", "linspace"],
+        ),
+    ] {
+        let message = parse_message(rejected(&format!(r#"{{"{key}": "{bad}"}}"#)));
+        assert!(
+            message.contains(&format!("unknown variant `{bad}`")),
+            "{message}"
+        );
+        for allowed in allowed {
+            assert!(
+                message.contains(&format!("`{allowed}`")),
+                "{message} should list {allowed}"
+            );
+        }
     }
 }
 
@@ -468,44 +455,25 @@ fn dynamic_thresholding_ratio_outside_zero_one_is_rejected() {
 }
 
 #[test]
-fn non_positive_or_non_finite_clip_sample_range_is_rejected() {
-    for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
-        let config = DdimConfig {
-            clip_sample_range: bad,
-            ..DdimConfig::default()
-        };
-        let (key, value, allowed) = invalid_config(rejected_by_validate_and_new(config));
-        assert_eq!(key, "clip_sample_range");
-        assert_eq!(value, bad.to_string());
-        assert!(
-            allowed.contains("finite") && allowed.contains("> 0"),
-            "{allowed}"
-        );
+fn non_positive_or_non_finite_clip_sample_range_and_sample_max_value_are_rejected() {
+    let setters: [(&str, fn(&mut DdimConfig, f64)); 2] = [
+        ("clip_sample_range", |c, v| c.clip_sample_range = v),
+        ("sample_max_value", |c, v| c.sample_max_value = v),
+    ];
+    for (name, set) in setters {
+        for bad in [0.0, -1.5, f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            let mut config = DdimConfig::default();
+            set(&mut config, bad);
+            let (key, value, allowed) = invalid_config(rejected_by_validate_and_new(config));
+            assert_eq!((key.as_str(), value), (name, bad.to_string()));
+            assert!(
+                allowed.contains("finite") && allowed.contains("> 0"),
+                "{allowed}"
+            );
+        }
+        let (key, value, _) = invalid_config(rejected(&format!(r#"{{"{name}": -2.5}}"#)));
+        assert_eq!((key.as_str(), value.as_str()), (name, "-2.5"));
     }
-    let (key, value, _) = invalid_config(rejected(r#"{"clip_sample_range": -2.5}"#));
-    assert_eq!(
-        (key.as_str(), value.as_str()),
-        ("clip_sample_range", "-2.5")
-    );
-}
-
-#[test]
-fn non_positive_or_non_finite_sample_max_value_is_rejected() {
-    for bad in [0.0, -1.5, f64::NAN, f64::NEG_INFINITY] {
-        let config = DdimConfig {
-            sample_max_value: bad,
-            ..DdimConfig::default()
-        };
-        let (key, value, allowed) = invalid_config(rejected_by_validate_and_new(config));
-        assert_eq!(key, "sample_max_value");
-        assert_eq!(value, bad.to_string());
-        assert!(
-            allowed.contains("finite") && allowed.contains("> 0"),
-            "{allowed}"
-        );
-    }
-    let (key, value, _) = invalid_config(rejected(r#"{"sample_max_value": 0}"#));
-    assert_eq!((key.as_str(), value.as_str()), ("sample_max_value", "0"));
 }
 
 #[test]
@@ -807,23 +775,7 @@ fn model_output_of_another_shape_is_shape_mismatch_naming_both_shapes() {
     let output = Array4::<f32>::zeros((1, 4, 8, 8));
     let sample = Array4::<f32>::zeros((1, 4, 8, 9));
     let err = s.step(&output, 500, &sample).expect_err("shapes differ");
-    let message = err.to_string();
-    match err {
-        DdimError::ShapeMismatch {
-            name,
-            found,
-            reference_name,
-            expected,
-        } => {
-            assert_eq!(name, "model_output");
-            assert_eq!(found, vec![1, 4, 8, 8]);
-            assert_eq!(reference_name, "sample");
-            assert_eq!(expected, vec![1, 4, 8, 9]);
-        }
-        other => panic!("expected ShapeMismatch, got {other:?}"),
-    }
-    assert!(message.contains("[1, 4, 8, 8]"), "{message}");
-    assert!(message.contains("[1, 4, 8, 9]"), "{message}");
+    assert_shape_mismatch(err, "model_output", &[1, 4, 8, 8], &[1, 4, 8, 9]);
 
     // Also when the number of axes differs (dynamic dimensionality).
     let output = ArrayD::<f32>::zeros(IxDyn(&[2, 3]));
@@ -841,29 +793,11 @@ fn model_output_of_another_shape_is_shape_mismatch_naming_both_shapes() {
     let err = s
         .step_with_rng(&output, 500, &sample, &eta(1.0), &mut rng())
         .expect_err("shapes differ");
-    assert!(
-        matches!(
-            err,
-            DdimError::ShapeMismatch {
-                name: "model_output",
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert_shape_mismatch(err, "model_output", &[2, 3], &[3, 2]);
     let err = s
         .step_with_noise(&output, 500, &sample, &eta(1.0), &sample)
         .expect_err("shapes differ");
-    assert!(
-        matches!(
-            err,
-            DdimError::ShapeMismatch {
-                name: "model_output",
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert_shape_mismatch(err, "model_output", &[2, 3], &[3, 2]);
 }
 
 #[test]
@@ -875,25 +809,7 @@ fn variance_noise_of_another_shape_is_shape_mismatch_even_at_eta_zero() {
         let err = s
             .step_with_noise(&x, 500, &x, &eta(e), &noise)
             .expect_err("noise shape");
-        let message = err.to_string();
-        match err {
-            DdimError::ShapeMismatch {
-                name,
-                found,
-                reference_name,
-                expected,
-            } => {
-                assert_eq!(name, "variance_noise");
-                assert_eq!(found, vec![2, 4]);
-                assert_eq!(reference_name, "sample");
-                assert_eq!(expected, vec![2, 3]);
-            }
-            other => panic!("eta {e}: expected ShapeMismatch, got {other:?}"),
-        }
-        assert!(
-            message.contains("[2, 4]") && message.contains("[2, 3]"),
-            "{message}"
-        );
+        assert_shape_mismatch(err, "variance_noise", &[2, 4], &[2, 3]);
     }
 }
 
@@ -1064,25 +980,7 @@ fn add_noise_and_get_velocity_refuse_mismatched_shapes() {
         s.get_velocity(&a, &b, &[1, 2])
             .expect_err("get_velocity shapes"),
     ] {
-        let message = err.to_string();
-        match err {
-            DdimError::ShapeMismatch {
-                name,
-                found,
-                reference_name,
-                expected,
-            } => {
-                assert_eq!(name, "noise");
-                assert_eq!(found, vec![2, 5]);
-                assert_eq!(reference_name, "sample");
-                assert_eq!(expected, vec![2, 3]);
-            }
-            other => panic!("expected ShapeMismatch, got {other:?}"),
-        }
-        assert!(
-            message.contains("[2, 5]") && message.contains("[2, 3]"),
-            "{message}"
-        );
+        assert_shape_mismatch(err, "noise", &[2, 5], &[2, 3]);
     }
 }
 

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use ddim::ndarray::{ArrayD, IxDyn};
 use ddim::{DdimConfig, DdimScheduler};
@@ -190,4 +191,31 @@ pub fn assert_close_with_allowance(
         }
     }
     needed
+}
+
+/// A scratch folder below the system temp dir, unique to one test, removed when dropped.
+pub struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    pub fn new(label: &str) -> Self {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("ddim-test-{}-{label}-{n}", std::process::id()));
+        if path.exists() {
+            std::fs::remove_dir_all(&path).expect("remove stale scratch dir");
+        }
+        std::fs::create_dir_all(&path).expect("create scratch dir");
+        ScratchDir(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
