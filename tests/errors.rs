@@ -456,7 +456,8 @@ fn dynamic_thresholding_ratio_outside_zero_one_is_rejected() {
 
 #[test]
 fn non_positive_or_non_finite_clip_sample_range_and_sample_max_value_are_rejected() {
-    let setters: [(&str, fn(&mut DdimConfig, f64)); 2] = [
+    type Setter = fn(&mut DdimConfig, f64);
+    let setters: [(&str, Setter); 2] = [
         ("clip_sample_range", |c, v| c.clip_sample_range = v),
         ("sample_max_value", |c, v| c.sample_max_value = v),
     ];
