@@ -1,5 +1,6 @@
 //! The element types the scheduler works on: `f32` and `f64`.
 
+use std::cell::RefCell;
 use std::cmp::Ordering;
 use std::fmt::{Debug, Display};
 use std::ops::{Add, Div, Mul, Neg, Sub};
@@ -56,6 +57,11 @@ pub trait DdimFloat:
     fn total_cmp(&self, other: &Self) -> Ordering;
     /// One draw from the standard normal distribution.
     fn standard_normal<R: Rng + ?Sized>(rng: &mut R) -> Self;
+    /// Runs `f` with this thread's reusable scratch buffer of this type (a fresh one if the
+    /// buffer is already in use further up the stack). The buffer keeps its capacity between
+    /// calls, so only the first, largest use allocates.
+    #[doc(hidden)]
+    fn with_scratch<R>(f: impl FnOnce(&mut Vec<Self>) -> R) -> R;
 }
 
 macro_rules! impl_float {
@@ -98,6 +104,15 @@ macro_rules! impl_float {
             #[inline]
             fn standard_normal<R: Rng + ?Sized>(rng: &mut R) -> Self {
                 StandardNormal.sample(rng)
+            }
+            fn with_scratch<R>(f: impl FnOnce(&mut Vec<Self>) -> R) -> R {
+                thread_local! {
+                    static SCRATCH: RefCell<Vec<$t>> = const { RefCell::new(Vec::new()) };
+                }
+                SCRATCH.with(|cell| match cell.try_borrow_mut() {
+                    Ok(mut scratch) => f(&mut scratch),
+                    Err(_) => f(&mut Vec::new()),
+                })
             }
         }
     };

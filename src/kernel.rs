@@ -16,7 +16,7 @@
 //! is evaluated with the same operations in the same order (the extra terms are exact zeros and
 //! the extra divisors exact ones), so a float32 step rounds exactly as the reference's does.
 
-use ndarray::{ArrayView, ArrayViewMut, Dimension, Zip};
+use ndarray::{ArrayView, ArrayViewMut, Axis, Dimension, Slice, Zip};
 
 use crate::DdimFloat;
 
@@ -149,10 +149,50 @@ fn update<T: DdimFloat, const DIVIDE_X0: bool, const BOUND_X0: bool, const DIVID
 
 /// Where the noise of a step comes from.
 pub(crate) enum Noise<'a, T, D, F> {
+    /// No noise (deterministic steps).
+    Zero,
     /// A caller-provided array of the sample's shape.
     Given(ArrayView<'a, T, D>),
     /// Drawn element by element, in the order the pass visits the elements.
     Drawn(F),
+}
+
+/// The sample, and where the results of a pass go.
+pub(crate) enum Target<'a, T, D> {
+    /// Read `sample`; write `prev_sample` and `pred_original_sample` to their own buffers.
+    Separate {
+        sample: ArrayView<'a, T, D>,
+        prev_sample: ArrayViewMut<'a, T, D>,
+        pred_original_sample: ArrayViewMut<'a, T, D>,
+    },
+    /// Overwrite the sample with `prev_sample`; `pred_original_sample` is not kept.
+    InPlace(ArrayViewMut<'a, T, D>),
+}
+
+impl<T, D: Dimension> Target<'_, T, D> {
+    /// The sample the step reads.
+    pub(crate) fn sample(&self) -> ArrayView<'_, T, D> {
+        match self {
+            Target::Separate { sample, .. } => sample.view(),
+            Target::InPlace(sample) => sample.view(),
+        }
+    }
+
+    /// The same target restricted to `range` along axis 0 (one batch item, say).
+    pub(crate) fn item(&mut self, range: Slice) -> Target<'_, T, D> {
+        match self {
+            Target::Separate {
+                sample,
+                prev_sample,
+                pred_original_sample,
+            } => Target::Separate {
+                sample: sample.slice_axis(Axis(0), range),
+                prev_sample: prev_sample.slice_axis_mut(Axis(0), range),
+                pred_original_sample: pred_original_sample.slice_axis_mut(Axis(0), range),
+            },
+            Target::InPlace(sample) => Target::InPlace(sample.slice_axis_mut(Axis(0), range)),
+        }
+    }
 }
 
 /// Applies the update to every element: one read of each input, one write of each output.
@@ -162,29 +202,20 @@ pub(crate) fn fused_step<T, D, F>(
     k: &StepCoefficients<T>,
     bounds: &X0Bounds<T>,
     model_output: ArrayView<'_, T, D>,
-    sample: ArrayView<'_, T, D>,
+    target: Target<'_, T, D>,
     noise: Noise<'_, T, D, F>,
-    prev_sample: ArrayViewMut<'_, T, D>,
-    pred_original_sample: ArrayViewMut<'_, T, D>,
 ) where
     T: DdimFloat,
     D: Dimension,
     F: FnMut() -> T,
 {
-    let (m, s, z, p, x) = (
-        model_output,
-        sample,
-        noise,
-        prev_sample,
-        pred_original_sample,
-    );
     let divide_x0 = k.x0_divisor != T::ONE;
     let bound_x0 = *bounds != X0Bounds::unbounded();
     let divide_eps = k.eps_divisor != T::ONE;
     // One instance of the loop per combination of the identities `update` can skip.
     macro_rules! run {
         ($a:literal, $b:literal, $c:literal) => {
-            for_each_element(m, s, z, p, x, |s, m, z| {
+            for_each_element(model_output, target, noise, |s, m, z| {
                 update::<T, $a, $b, $c>(k, bounds, s, m, z)
             })
         };
@@ -201,60 +232,96 @@ pub(crate) fn fused_step<T, D, F>(
     }
 }
 
-/// Runs `element(sample, model_output, noise) -> (prev, x0)` over every element: over plain
-/// slices when every array is contiguous and row-major (a loop the compiler vectorises),
-/// through `Zip` for any other layout.
+/// Runs `$body` with `$values` bound to an iterator over the noise in row-major order, and is
+/// `true`; is `false` (running nothing) when given noise is not one contiguous row-major slice.
+macro_rules! with_noise_values {
+    ($noise:expr, $values:ident => $body:expr) => {
+        match $noise {
+            Noise::Given(z) => match z.as_slice() {
+                Some(z) => {
+                    let $values = z.iter().copied();
+                    $body;
+                    true
+                }
+                None => false,
+            },
+            Noise::Drawn(draw) => {
+                let $values = std::iter::repeat_with(draw);
+                $body;
+                true
+            }
+            Noise::Zero => {
+                let $values = std::iter::repeat(T::ZERO);
+                $body;
+                true
+            }
+        }
+    };
+}
+
+/// Runs `element(sample, model_output, noise) -> (prev, x0)` over every element and stores the
+/// results in `target`: over plain slices when every array is contiguous and row-major (a loop
+/// the compiler vectorises), through `Zip` for any other layout.
 #[inline(always)]
 fn for_each_element<T, D, F>(
     model_output: ArrayView<'_, T, D>,
-    sample: ArrayView<'_, T, D>,
-    noise: Noise<'_, T, D, F>,
-    mut prev_sample: ArrayViewMut<'_, T, D>,
-    mut pred_original_sample: ArrayViewMut<'_, T, D>,
+    target: Target<'_, T, D>,
+    mut noise: Noise<'_, T, D, F>,
     element: impl Fn(T, T, T) -> (T, T),
 ) where
     T: DdimFloat,
     D: Dimension,
     F: FnMut() -> T,
 {
-    let (p, x) = (&mut prev_sample, &mut pred_original_sample);
-    match noise {
-        Noise::Given(z) => {
-            if let (Some(p), Some(x), Some(s), Some(m), Some(z)) = (
+    let m = &model_output;
+    match target {
+        Target::Separate {
+            sample: s,
+            prev_sample: mut p,
+            pred_original_sample: mut x,
+        } => {
+            if let (Some(ps), Some(xs), Some(ss), Some(ms)) = (
                 p.as_slice_mut(),
                 x.as_slice_mut(),
-                sample.as_slice(),
-                model_output.as_slice(),
-                z.as_slice(),
+                s.as_slice(),
+                m.as_slice(),
             ) {
-                for ((p, x), ((&s, &m), &z)) in p.iter_mut().zip(x).zip(s.iter().zip(m).zip(z)) {
-                    (*p, *x) = element(s, m, z);
+                let outputs = ps.iter_mut().zip(xs);
+                let inputs = ss.iter().zip(ms);
+                if with_noise_values!(&mut noise, zs => {
+                    for ((p, x), ((&s, &m), z)) in outputs.zip(inputs.zip(zs)) {
+                        (*p, *x) = element(s, m, z);
+                    }
+                }) {
+                    return;
                 }
-            } else {
-                Zip::from(p)
-                    .and(x)
-                    .and(&sample)
-                    .and(&model_output)
+            }
+            let zip = Zip::from(&mut p).and(&mut x).and(&s).and(m);
+            match noise {
+                Noise::Given(z) => zip
                     .and(&z)
-                    .for_each(|p, x, &s, &m, &z| (*p, *x) = element(s, m, z));
+                    .for_each(|p, x, &s, &m, &z| (*p, *x) = element(s, m, z)),
+                Noise::Drawn(mut draw) => {
+                    zip.for_each(|p, x, &s, &m| (*p, *x) = element(s, m, draw()))
+                }
+                Noise::Zero => zip.for_each(|p, x, &s, &m| (*p, *x) = element(s, m, T::ZERO)),
             }
         }
-        Noise::Drawn(mut draw) => {
-            if let (Some(p), Some(x), Some(s), Some(m)) = (
-                p.as_slice_mut(),
-                x.as_slice_mut(),
-                sample.as_slice(),
-                model_output.as_slice(),
-            ) {
-                for ((p, x), (&s, &m)) in p.iter_mut().zip(x).zip(s.iter().zip(m)) {
-                    (*p, *x) = element(s, m, draw());
+        Target::InPlace(mut s) => {
+            if let (Some(ss), Some(ms)) = (s.as_slice_mut(), m.as_slice()) {
+                if with_noise_values!(&mut noise, zs => {
+                    for ((s, &m), z) in ss.iter_mut().zip(ms).zip(zs) {
+                        *s = element(*s, m, z).0;
+                    }
+                }) {
+                    return;
                 }
-            } else {
-                Zip::from(p)
-                    .and(x)
-                    .and(&sample)
-                    .and(&model_output)
-                    .for_each(|p, x, &s, &m| (*p, *x) = element(s, m, draw()));
+            }
+            let zip = Zip::from(&mut s).and(m);
+            match noise {
+                Noise::Given(z) => zip.and(&z).for_each(|s, &m, &z| *s = element(*s, m, z).0),
+                Noise::Drawn(mut draw) => zip.for_each(|s, &m| *s = element(*s, m, draw()).0),
+                Noise::Zero => zip.for_each(|s, &m| *s = element(*s, m, T::ZERO).0),
             }
         }
     }

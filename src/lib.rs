@@ -70,6 +70,7 @@ mod float;
 mod kernel;
 mod schedule;
 mod scheduler;
+mod step;
 mod threshold;
 mod timesteps;
 
@@ -78,7 +79,8 @@ pub use ndarray;
 pub use config::{BetaSchedule, DdimConfig, PredictionType, TimestepSpacing, MAX_TRAIN_TIMESTEPS};
 pub use error::DdimError;
 pub use float::DdimFloat;
-pub use scheduler::{DdimScheduler, DdimSchedulerOutput, StepOptions, StepScalars};
+pub use scheduler::{DdimScheduler, StepScalars};
+pub use step::{DdimSchedulerOutput, StepOptions};
 
 /// The README's examples, compiled and run as doc tests.
 #[cfg(doctest)]

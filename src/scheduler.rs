@@ -3,32 +3,13 @@
 use std::path::Path;
 
 use ndarray::{Array, ArrayBase, ArrayView, Axis, Data, Dimension, Slice};
-use rand::Rng;
 
-use crate::config::{DdimConfig, PredictionType};
-use crate::kernel::{fused_step, weighted_sum, Noise, StepCoefficients, X0Bounds};
+use crate::config::DdimConfig;
+use crate::kernel::weighted_sum;
 use crate::schedule::Schedule;
-use crate::threshold::dynamic_threshold;
+use crate::step::StepOptions;
 use crate::timesteps::inference_timesteps;
 use crate::{DdimError, DdimFloat};
-
-/// Options of a stochastic or clipped step. [`Default`] is deterministic DDIM.
-///
-/// ```
-/// let options = ddim::StepOptions { eta: 1.0, ..Default::default() };
-/// assert!(!options.use_clipped_model_output);
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
-pub struct StepOptions {
-    /// Weight of the fresh noise, `eta` of DDIM paper eq. 16: `sigma_t = eta *
-    /// sqrt((1 - alpha_bar_prev) / (1 - alpha_bar_t)) * sqrt(1 - alpha_bar_t / alpha_bar_prev)`.
-    /// 0 is deterministic DDIM, 1 is the DDPM posterior. Must be finite and `>= 0`.
-    pub eta: f64,
-    /// Re-derive the noise prediction from the clipped or thresholded `x0`
-    /// (`eps = (sample - sqrt(alpha_bar_t) * x0) / sqrt(1 - alpha_bar_t)`) instead of using the
-    /// model's own. Without clipping or thresholding it changes nothing but rounding.
-    pub use_clipped_model_output: bool,
-}
 
 /// The scalars of one DDIM step, in float32, computed with the reference's float32 operations.
 ///
@@ -79,16 +60,6 @@ pub struct StepScalars {
     /// `sqrt(1 - alpha_bar_prev - sigma^2)`, with the difference clamped at 0 where rounding
     /// makes it negative (the reference returns NaN there).
     pub direction: f32,
-}
-
-/// The result of one step.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DdimSchedulerOutput<T, D: Dimension> {
-    /// `x_{t-1}`: the sample at the previous timestep, the next input of the loop.
-    pub prev_sample: Array<T, D>,
-    /// The predicted clean sample `x0` at this step, after clipping or thresholding; useful for
-    /// previews.
-    pub pred_original_sample: Array<T, D>,
 }
 
 /// The DDIM sampler, with the behaviour and numbers of diffusers' `DDIMScheduler`.
@@ -264,138 +235,6 @@ impl DdimScheduler {
         sample.to_owned()
     }
 
-    /// One deterministic DDIM step (eta = 0, DDIM paper eq. 12) from `timestep` to the previous
-    /// timestep of the schedule.
-    ///
-    /// With `alpha_bar_t` at `timestep` and `alpha_bar_prev` at `timestep -
-    /// num_train_timesteps / num_inference_steps` (or
-    /// [`final_alpha_cumprod`](DdimScheduler::final_alpha_cumprod) past the first timestep):
-    /// `x0` and `eps` are read from the model output according to the prediction type, `x0` is
-    /// thresholded or clipped if configured, and
-    /// `prev_sample = sqrt(alpha_bar_prev) * x0 + sqrt(1 - alpha_bar_prev) * eps`.
-    ///
-    /// `timestep` may be any training timestep, on the schedule or not, as in the reference.
-    ///
-    /// # Errors
-    ///
-    /// [`DdimError::TimestepsNotSet`] before `set_timesteps`; [`DdimError::TimestepOutOfRange`]
-    /// for `timestep >= num_train_timesteps`; [`DdimError::ShapeMismatch`] when the shapes of
-    /// `model_output` and `sample` differ; [`DdimError::TooFewAxes`] when thresholding an array
-    /// with fewer than two axes (batch and features).
-    pub fn step<T, S1, S2, D>(
-        &self,
-        model_output: &ArrayBase<S1, D>,
-        timestep: usize,
-        sample: &ArrayBase<S2, D>,
-    ) -> Result<DdimSchedulerOutput<T, D>, DdimError>
-    where
-        T: DdimFloat,
-        S1: Data<Elem = T>,
-        S2: Data<Elem = T>,
-        D: Dimension,
-    {
-        let noise: Noise<'_, T, D, _> = Noise::Drawn(|| T::ZERO);
-        self.step_impl(
-            model_output.view(),
-            timestep,
-            sample.view(),
-            &StepOptions::default(),
-            noise,
-        )
-    }
-
-    /// A step with options and caller-provided noise (DDIM paper eq. 12 with `sigma_t` of
-    /// eq. 16): `prev_sample` gains `sigma_t * variance_noise`, and the direction term becomes
-    /// `sqrt(1 - alpha_bar_prev - sigma_t^2) * eps`.
-    ///
-    /// `variance_noise` is read only when `eta > 0` (as in the reference), but its shape is
-    /// always checked. If rounding makes `1 - alpha_bar_prev - sigma_t^2` negative (eta = 1 at
-    /// a zero-terminal-SNR schedule's last step), it is taken as 0; the reference returns NaN
-    /// there. For `eta > 1` the same clamp applies.
-    ///
-    /// # Errors
-    ///
-    /// As [`step`](DdimScheduler::step), plus [`DdimError::InvalidEta`] for a negative or
-    /// non-finite eta and [`DdimError::ShapeMismatch`] for noise of another shape.
-    pub fn step_with_noise<T, S1, S2, S3, D>(
-        &self,
-        model_output: &ArrayBase<S1, D>,
-        timestep: usize,
-        sample: &ArrayBase<S2, D>,
-        options: &StepOptions,
-        variance_noise: &ArrayBase<S3, D>,
-    ) -> Result<DdimSchedulerOutput<T, D>, DdimError>
-    where
-        T: DdimFloat,
-        S1: Data<Elem = T>,
-        S2: Data<Elem = T>,
-        S3: Data<Elem = T>,
-        D: Dimension,
-    {
-        check_same_shape("variance_noise", variance_noise.shape(), sample.shape())?;
-        let (m, s) = (model_output.view(), sample.view());
-        if options.eta > 0.0 {
-            let noise: Noise<'_, T, D, fn() -> T> = Noise::Given(variance_noise.view());
-            self.step_impl(m, timestep, s, options, noise)
-        } else {
-            self.step_impl(m, timestep, s, options, Noise::Drawn(|| T::ZERO))
-        }
-    }
-
-    /// A step with options and noise drawn from the caller's random number generator: one
-    /// standard normal draw per element, in the order of the elements (row-major for
-    /// standard-layout arrays), and no draw at all when `eta == 0`.
-    ///
-    /// # Errors
-    ///
-    /// As [`step_with_noise`](DdimScheduler::step_with_noise).
-    ///
-    /// # Example
-    ///
-    /// ```
-    /// use ddim::ndarray::Array2;
-    /// use ddim::{DdimConfig, DdimScheduler, StepOptions};
-    /// use rand::SeedableRng;
-    ///
-    /// let mut scheduler = DdimScheduler::new(DdimConfig::default())?;
-    /// scheduler.set_timesteps(20)?;
-    /// let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-    /// let sample = Array2::<f64>::zeros((2, 3));
-    /// let eps = Array2::<f64>::ones((2, 3));
-    /// let options = StepOptions { eta: 1.0, ..Default::default() };
-    /// let out = scheduler.step_with_rng(&eps, 500, &sample, &options, &mut rng)?;
-    /// assert_eq!(out.prev_sample.shape(), &[2, 3]);
-    /// # Ok::<(), ddim::DdimError>(())
-    /// ```
-    pub fn step_with_rng<T, S1, S2, D, R>(
-        &self,
-        model_output: &ArrayBase<S1, D>,
-        timestep: usize,
-        sample: &ArrayBase<S2, D>,
-        options: &StepOptions,
-        rng: &mut R,
-    ) -> Result<DdimSchedulerOutput<T, D>, DdimError>
-    where
-        T: DdimFloat,
-        S1: Data<Elem = T>,
-        S2: Data<Elem = T>,
-        D: Dimension,
-        R: Rng + ?Sized,
-    {
-        let (m, s) = (model_output.view(), sample.view());
-        if options.eta > 0.0 {
-            self.step_impl(
-                m,
-                timestep,
-                s,
-                options,
-                Noise::Drawn(|| T::standard_normal(rng)),
-            )
-        } else {
-            self.step_impl(m, timestep, s, options, Noise::Drawn(|| T::ZERO))
-        }
-    }
-
     /// Diffuses clean samples to the given timesteps, one per batch item (axis 0):
     /// `sqrt(alpha_bar_t) * original_samples + sqrt(1 - alpha_bar_t) * noise` (DDPM eq. 4).
     ///
@@ -521,130 +360,6 @@ impl DdimScheduler {
         })
     }
 
-    /// The coefficients of the fused update (see `kernel`) for a step with these scalars.
-    fn coefficients(
-        &self,
-        k: &StepScalars,
-        use_clipped_model_output: bool,
-    ) -> StepCoefficients<f32> {
-        let (sa, sb) = (k.sqrt_alpha_bar, k.sqrt_one_minus_alpha_bar);
-        // x0 = (a*sample + b*output) / q and eps = (c*sample + d*output) / u, by prediction type
-        // (DDIM eq. 9 solved for x0 or eps, and Salimans and Ho's v).
-        let (a, b, q, c, d, u) = match self.config.prediction_type {
-            PredictionType::Epsilon => (1.0, -sb, sa, 0.0, 1.0, 1.0),
-            PredictionType::Sample => (0.0, 1.0, 1.0, 1.0, -sa, sb),
-            PredictionType::VPrediction => (sa, -sb, 1.0, sb, sa, 1.0),
-        };
-        // With use_clipped_model_output, eps = (sample - sa * x0) / sb from the clipped x0.
-        let (c, d, h, u) = if use_clipped_model_output {
-            (1.0, 0.0, -sa, sb)
-        } else {
-            (c, d, 0.0, u)
-        };
-        StepCoefficients {
-            x0_from_sample: a,
-            x0_from_output: b,
-            x0_divisor: q,
-            eps_from_sample: c,
-            eps_from_output: d,
-            eps_from_x0: h,
-            eps_divisor: u,
-            prev_from_x0: k.sqrt_alpha_bar_prev,
-            prev_from_eps: k.direction,
-            prev_from_noise: k.sigma,
-        }
-    }
-
-    /// Every step flavour ends here: checks, coefficients, then one fused pass (per batch item
-    /// when thresholding).
-    fn step_impl<T, D, F>(
-        &self,
-        model_output: ArrayView<'_, T, D>,
-        timestep: usize,
-        sample: ArrayView<'_, T, D>,
-        options: &StepOptions,
-        noise: Noise<'_, T, D, F>,
-    ) -> Result<DdimSchedulerOutput<T, D>, DdimError>
-    where
-        T: DdimFloat,
-        D: Dimension,
-        F: FnMut() -> T,
-    {
-        check_same_shape("model_output", model_output.shape(), sample.shape())?;
-        let scalars = self.step_scalars(timestep, options)?;
-        let k = self
-            .coefficients(&scalars, options.use_clipped_model_output)
-            .widen::<T>();
-        let mut prev_sample = Array::from_elem(sample.raw_dim(), T::ZERO);
-        let mut pred_original_sample = Array::from_elem(sample.raw_dim(), T::ZERO);
-
-        if !self.config.thresholding {
-            let bounds = if self.config.clip_sample {
-                X0Bounds::symmetric(T::from_f64(self.config.clip_sample_range))
-            } else {
-                X0Bounds::unbounded()
-            };
-            fused_step(
-                &k,
-                &bounds,
-                model_output,
-                sample,
-                noise,
-                prev_sample.view_mut(),
-                pred_original_sample.view_mut(),
-            );
-            return Ok(DdimSchedulerOutput {
-                prev_sample,
-                pred_original_sample,
-            });
-        }
-
-        if sample.ndim() < 2 {
-            return Err(DdimError::TooFewAxes {
-                operation: "dynamic thresholding (batch axis and at least one feature axis)",
-                found: sample.ndim(),
-                required: 2,
-            });
-        }
-        let ratio = self.config.dynamic_thresholding_ratio;
-        let max_value = T::from_f64(self.config.sample_max_value);
-        let items_len = sample.len() / sample.len_of(Axis(0)).max(1);
-        let mut scratch = Vec::with_capacity(items_len);
-        let mut noise = noise;
-        for i in 0..sample.len_of(Axis(0)) {
-            let item = Slice::from(i..=i);
-            let (m, s) = (
-                model_output.slice_axis(Axis(0), item),
-                sample.slice_axis(Axis(0), item),
-            );
-            scratch.clear();
-            scratch.extend(m.iter().zip(s.iter()).map(|(&m, &s)| k.raw_x0(s, m).abs()));
-            let threshold = dynamic_threshold(&mut scratch, ratio, max_value);
-            let bounds = X0Bounds {
-                lo: -threshold,
-                hi: threshold,
-                divisor: threshold,
-            };
-            let item_noise: Noise<'_, T, D, &mut F> = match &mut noise {
-                Noise::Given(view) => Noise::Given(view.slice_axis(Axis(0), item)),
-                Noise::Drawn(draw) => Noise::Drawn(draw),
-            };
-            fused_step(
-                &k,
-                &bounds,
-                m,
-                s,
-                item_noise,
-                prev_sample.slice_axis_mut(Axis(0), item),
-                pred_original_sample.slice_axis_mut(Axis(0), item),
-            );
-        }
-        Ok(DdimSchedulerOutput {
-            prev_sample,
-            pred_original_sample,
-        })
-    }
-
     /// `w_a * a + w_b * b` per batch item, with `(w_a, w_b) = weights(sqrt(alpha_bar_t),
     /// sqrt(1 - alpha_bar_t))` in the element type.
     fn per_item_blend<T, D>(
@@ -702,7 +417,7 @@ fn non_negative(x: f32) -> f32 {
 }
 
 /// Checks that `found` (of the array called `name`) equals the sample's shape.
-fn check_same_shape(
+pub(crate) fn check_same_shape(
     name: &'static str,
     found: &[usize],
     expected: &[usize],
