@@ -1,87 +1,214 @@
-//! Speed of one DDIM step against two baselines measured in the same run: the same arithmetic
-//! done one whole-array operation at a time (as a tensor library does it), and the floor of
-//! copying the same bytes (two arrays read, two written) with no arithmetic at all.
+//! Speed of one DDIM step, with two baselines measured in the same run:
 //!
-//! Run with `cargo bench --bench step`.
+//! - `op_by_op`: the same arithmetic one whole-array operation at a time, each producing a new
+//!   array, the way a tensor library evaluates the reference's Python (a sort-based quantile for
+//!   thresholding, a separately drawn noise array for eta > 0);
+//! - `copy_floor`: copying the same bytes (two arrays read, two written) with no arithmetic, the
+//!   fastest any step could possibly be.
+//!
+//! Run with `cargo bench --bench step`; `python3 scripts/bench_table.py` then prints the README's
+//! table from criterion's results.
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use ddim::ndarray::{Array4, Zip};
-use ddim::{DdimConfig, DdimScheduler};
 use std::hint::black_box;
 
-const SHAPES: [(usize, usize, usize, usize); 2] = [(1, 4, 64, 64), (8, 4, 128, 128)];
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use ddim::ndarray::{Array4, Axis};
+use ddim::{
+    BetaSchedule, DdimConfig, DdimScheduler, DdimSchedulerOutput, PredictionType, StepOptions,
+    StepScalars,
+};
+use rand::rngs::SmallRng;
+use rand::SeedableRng;
+use rand_distr::{Distribution, StandardNormal};
 
-fn pattern(shape: (usize, usize, usize, usize), phase: f32) -> Array4<f32> {
-    let mut i = 0.0f32;
-    Array4::from_shape_simple_fn(shape, || {
-        i += 1.0;
-        (i * 0.618 + phase).sin()
-    })
+type Shape = (usize, usize, usize, usize);
+
+/// A Stable Diffusion 1.5 latent, an SDXL latent, a batch of eight SDXL latents, and sixteen
+/// 256 x 256 RGB images (a pixel-space model).
+const SHAPES: [Shape; 4] = [
+    (1, 4, 64, 64),
+    (1, 4, 128, 128),
+    (8, 4, 128, 128),
+    (16, 3, 256, 256),
+];
+
+/// One benchmarked configuration.
+struct Case {
+    name: &'static str,
+    config: DdimConfig,
+    eta: f64,
 }
 
-/// Epsilon-prediction DDIM step (eta = 0, no clipping), one whole-array operation at a time.
+fn cases() -> Vec<Case> {
+    let sd = DdimConfig {
+        beta_schedule: BetaSchedule::ScaledLinear,
+        beta_start: 0.00085,
+        beta_end: 0.012,
+        clip_sample: false,
+        set_alpha_to_one: false,
+        steps_offset: 1,
+        ..DdimConfig::default()
+    };
+    vec![
+        Case {
+            name: "epsilon",
+            config: sd.clone(),
+            eta: 0.0,
+        },
+        Case {
+            name: "v_prediction_clip",
+            config: DdimConfig {
+                prediction_type: PredictionType::VPrediction,
+                clip_sample: true,
+                ..sd.clone()
+            },
+            eta: 0.0,
+        },
+        Case {
+            name: "thresholding",
+            config: DdimConfig {
+                beta_schedule: BetaSchedule::SquaredcosCapV2,
+                thresholding: true,
+                dynamic_thresholding_ratio: 0.95,
+                sample_max_value: 1.5,
+                ..DdimConfig::default()
+            },
+            eta: 0.0,
+        },
+        Case {
+            name: "eta1_rng",
+            config: sd,
+            eta: 1.0,
+        },
+    ]
+}
+
+fn normal(shape: Shape, rng: &mut SmallRng) -> Array4<f32> {
+    Array4::from_shape_simple_fn(shape, || StandardNormal.sample(rng))
+}
+
+/// The reference's step, one whole-array operation (and one new array) at a time.
 fn op_by_op(
+    config: &DdimConfig,
+    k: &StepScalars,
     model_output: &Array4<f32>,
     sample: &Array4<f32>,
-    alpha: f32,
-    alpha_prev: f32,
+    rng: &mut SmallRng,
 ) -> (Array4<f32>, Array4<f32>) {
-    let (sa, sb) = (alpha.sqrt(), (1.0 - alpha).sqrt());
-    let scaled_output = model_output * sb;
-    let numerator = sample - &scaled_output;
-    let x0 = numerator / sa;
-    let direction = model_output * (1.0 - alpha_prev).sqrt();
-    let prev = &x0 * alpha_prev.sqrt() + &direction;
+    let (sa, sb) = (k.sqrt_alpha_bar, k.sqrt_one_minus_alpha_bar);
+    let (mut x0, eps) = match config.prediction_type {
+        PredictionType::VPrediction => (
+            &(sample * sa) - &(model_output * sb),
+            &(model_output * sa) + &(sample * sb),
+        ),
+        _ => ((sample - &(model_output * sb)) / sa, model_output.clone()),
+    };
+    if config.thresholding {
+        for mut item in x0.axis_iter_mut(Axis(0)) {
+            let mut sorted: Vec<f32> = item.iter().map(|v| v.abs()).collect();
+            sorted.sort_by(f32::total_cmp);
+            let rank = config.dynamic_thresholding_ratio * (sorted.len() - 1) as f64;
+            let (lo, hi) = (rank.floor() as usize, rank.ceil() as usize);
+            let w = (rank - lo as f64) as f32;
+            let q = sorted[lo] + w * (sorted[hi] - sorted[lo]);
+            let s = q.max(1.0).min(config.sample_max_value as f32);
+            let clamped = item.mapv(|v| v.clamp(-s, s));
+            item.assign(&(clamped / s));
+        }
+    } else if config.clip_sample {
+        let r = config.clip_sample_range as f32;
+        x0 = x0.mapv(|v| v.clamp(-r, r));
+    }
+    let direction = &eps * k.direction;
+    let mut prev = &(&x0 * k.sqrt_alpha_bar_prev) + &direction;
+    if k.sigma > 0.0 {
+        let noise = normal(sample.dim(), rng);
+        prev = &prev + &(&noise * k.sigma);
+    }
     (prev, x0)
 }
 
 fn bench_step(c: &mut Criterion) {
-    let config = DdimConfig {
-        clip_sample: false,
-        ..DdimConfig::default()
-    };
-    let mut scheduler = DdimScheduler::new(config).expect("valid config");
-    scheduler.set_timesteps(50).expect("valid step count");
-    let t = scheduler.timesteps()[10];
-    let alpha = scheduler.alphas_cumprod()[t];
-    let alpha_prev = scheduler.alphas_cumprod()[t - 20];
+    let mut rng = SmallRng::seed_from_u64(0);
+    for case in cases() {
+        let mut scheduler = DdimScheduler::new(case.config.clone()).expect("valid config");
+        scheduler.set_timesteps(50).expect("valid step count");
+        let t = scheduler.timesteps()[10];
+        let options = StepOptions {
+            eta: case.eta,
+            ..StepOptions::default()
+        };
+        let scalars = scheduler.step_scalars(t, &options).expect("valid step");
 
-    let mut group = c.benchmark_group("epsilon_step");
-    for shape in SHAPES {
-        let (model_output, sample) = (pattern(shape, 0.0), pattern(shape, 1.0));
-        let label = format!("{}x{}x{}x{}", shape.0, shape.1, shape.2, shape.3);
-        // Bytes moved by a step: two arrays read, two written.
-        group.throughput(Throughput::Bytes((4 * 4 * sample.len()) as u64));
-        group.bench_with_input(BenchmarkId::new("step", &label), &shape, |b, _| {
-            b.iter(|| scheduler.step(black_box(&model_output), t, black_box(&sample)))
-        });
-        group.bench_with_input(BenchmarkId::new("op_by_op", &label), &shape, |b, _| {
-            b.iter(|| {
-                op_by_op(
-                    black_box(&model_output),
-                    black_box(&sample),
-                    alpha,
-                    alpha_prev,
-                )
-            })
-        });
-        let (mut out_a, mut out_b) = (sample.clone(), sample.clone());
-        group.bench_with_input(BenchmarkId::new("copy_floor", &label), &shape, |b, _| {
-            b.iter(|| {
-                Zip::from(&mut out_a)
-                    .and(&mut out_b)
-                    .and(black_box(&model_output))
-                    .and(black_box(&sample))
-                    .for_each(|a, b, &m, &s| {
-                        *a = m;
-                        *b = s;
-                    });
-                black_box((&out_a, &out_b));
-            })
-        });
+        let mut group = c.benchmark_group(case.name);
+        for shape in SHAPES {
+            let label = format!("{}x{}x{}x{}", shape.0, shape.1, shape.2, shape.3);
+            let model_output = normal(shape, &mut rng) * 1.5;
+            let sample = normal(shape, &mut rng);
+            let len = sample.len();
+            // Bytes a step must move at least: two arrays read, two written.
+            group.throughput(Throughput::Bytes((4 * 4 * len) as u64));
+            if len > 1 << 20 {
+                group.sample_size(20);
+            }
+
+            // The deterministic configurations go through `step` and `step_into` themselves;
+            // `eta1_rng` through their `_with_rng` forms (which, at eta = 0, are the same).
+            group.bench_function(BenchmarkId::new("step", &label), |b| {
+                b.iter(|| {
+                    scheduler
+                        .step_with_rng(&model_output, t, black_box(&sample), &options, &mut rng)
+                        .expect("step")
+                })
+            });
+            let mut out = DdimSchedulerOutput::zeros(shape);
+            group.bench_function(BenchmarkId::new("step_into", &label), |b| {
+                b.iter(|| {
+                    scheduler
+                        .step_into_with_rng(
+                            &model_output,
+                            t,
+                            black_box(&sample),
+                            &options,
+                            &mut rng,
+                            &mut out,
+                        )
+                        .expect("step_into")
+                })
+            });
+            group.bench_function(BenchmarkId::new("op_by_op", &label), |b| {
+                b.iter(|| {
+                    op_by_op(
+                        &case.config,
+                        &scalars,
+                        &model_output,
+                        black_box(&sample),
+                        &mut rng,
+                    )
+                })
+            });
+            let (mut out_a, mut out_b) = (vec![0.0f32; len], vec![0.0f32; len]);
+            let (m, s) = (
+                model_output.as_slice().expect("standard layout"),
+                sample.as_slice().expect("standard layout"),
+            );
+            group.bench_function(BenchmarkId::new("copy_floor", &label), |b| {
+                b.iter(|| {
+                    out_a.copy_from_slice(black_box(m));
+                    out_b.copy_from_slice(black_box(s));
+                    black_box((&out_a, &out_b));
+                })
+            });
+        }
+        group.finish();
     }
-    group.finish();
 }
 
-criterion_group!(benches, bench_step);
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(std::time::Duration::from_secs(1))
+        .measurement_time(std::time::Duration::from_secs(3));
+    targets = bench_step
+}
 criterion_main!(benches);

@@ -83,14 +83,11 @@ fn rng_noise<'a, T: DdimFloat, D, R: Rng + ?Sized>(
     options: &StepOptions,
     rng: &'a mut R,
 ) -> Noise<'a, T, D, impl FnMut() -> T + 'a> {
-    let draw = options.eta > 0.0;
-    Noise::Drawn(move || {
-        if draw {
-            T::standard_normal(rng)
-        } else {
-            T::ZERO
-        }
-    })
+    if options.eta > 0.0 {
+        Noise::Drawn(move || T::standard_normal(rng))
+    } else {
+        Noise::Zero
+    }
 }
 
 impl DdimScheduler {
