@@ -55,18 +55,29 @@ pub trait DdimFloat:
     fn is_nan(self) -> bool;
     /// IEEE 754 total order (used to select quantiles without panicking).
     fn total_cmp(&self, other: &Self) -> Ordering;
+    /// The unsigned integer of the same width: for non-negative values other than NaN, its
+    /// order is the order of the values, which makes selecting order statistics cheap.
+    #[doc(hidden)]
+    type Bits: Copy + Ord + Send + Sync + Debug + 'static;
+    /// The bit pattern.
+    #[doc(hidden)]
+    fn to_bits(self) -> Self::Bits;
+    /// The value of a bit pattern.
+    #[doc(hidden)]
+    fn from_bits(bits: Self::Bits) -> Self;
     /// One draw from the standard normal distribution.
     fn standard_normal<R: Rng + ?Sized>(rng: &mut R) -> Self;
     /// Runs `f` with this thread's reusable scratch buffer of this type (a fresh one if the
     /// buffer is already in use further up the stack). The buffer keeps its capacity between
     /// calls, so only the first, largest use allocates.
     #[doc(hidden)]
-    fn with_scratch<R>(f: impl FnOnce(&mut Vec<Self>) -> R) -> R;
+    fn with_scratch<R>(f: impl FnOnce(&mut Vec<Self::Bits>) -> R) -> R;
 }
 
 macro_rules! impl_float {
-    ($t:ty) => {
+    ($t:ty, $bits:ty) => {
         impl DdimFloat for $t {
+            type Bits = $bits;
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
             #[inline(always)]
@@ -101,13 +112,21 @@ macro_rules! impl_float {
             fn total_cmp(&self, other: &Self) -> Ordering {
                 <$t>::total_cmp(self, other)
             }
+            #[inline(always)]
+            fn to_bits(self) -> $bits {
+                <$t>::to_bits(self)
+            }
+            #[inline(always)]
+            fn from_bits(bits: $bits) -> Self {
+                <$t>::from_bits(bits)
+            }
             #[inline]
             fn standard_normal<R: Rng + ?Sized>(rng: &mut R) -> Self {
                 StandardNormal.sample(rng)
             }
-            fn with_scratch<R>(f: impl FnOnce(&mut Vec<Self>) -> R) -> R {
+            fn with_scratch<R>(f: impl FnOnce(&mut Vec<$bits>) -> R) -> R {
                 thread_local! {
-                    static SCRATCH: RefCell<Vec<$t>> = const { RefCell::new(Vec::new()) };
+                    static SCRATCH: RefCell<Vec<$bits>> = const { RefCell::new(Vec::new()) };
                 }
                 SCRATCH.with(|cell| match cell.try_borrow_mut() {
                     Ok(mut scratch) => f(&mut scratch),
@@ -118,5 +137,5 @@ macro_rules! impl_float {
     };
 }
 
-impl_float!(f32);
-impl_float!(f64);
+impl_float!(f32, u32);
+impl_float!(f64, u64);

@@ -69,6 +69,21 @@ impl<T: DdimFloat> StepCoefficients<T> {
     pub(crate) fn raw_x0(&self, sample: T, model_output: T) -> T {
         (self.x0_from_sample * sample + self.x0_from_output * model_output) / self.x0_divisor
     }
+
+    /// Replaces `out` with the bit patterns of `|raw x0|` of every element, in row-major order.
+    pub(crate) fn abs_raw_x0_bits<D: Dimension>(
+        &self,
+        model_output: ArrayView<'_, T, D>,
+        sample: ArrayView<'_, T, D>,
+        out: &mut Vec<T::Bits>,
+    ) {
+        out.clear();
+        let bits = |(&m, &s): (&T, &T)| self.raw_x0(s, m).abs().to_bits();
+        match (model_output.as_slice(), sample.as_slice()) {
+            (Some(m), Some(s)) => out.extend(m.iter().zip(s).map(bits)),
+            _ => out.extend(model_output.iter().zip(sample.iter()).map(bits)),
+        }
+    }
 }
 
 /// What happens to the raw `x0` before it is used: `clamp(x0, lo, hi) / divisor`.
@@ -107,12 +122,11 @@ impl<T: DdimFloat> X0Bounds<T> {
     /// Applies the bounds to one value.
     #[inline(always)]
     pub(crate) fn apply(&self, x: T) -> T {
-        let clamped = if x < self.lo {
-            self.lo
-        } else if x > self.hi {
+        let above_lo = if x < self.lo { self.lo } else { x };
+        let clamped = if above_lo > self.hi {
             self.hi
         } else {
-            x
+            above_lo
         };
         clamped / self.divisor
     }
@@ -232,36 +246,60 @@ pub(crate) fn fused_step<T, D, F>(
     }
 }
 
-/// Runs `$body` with `$values` bound to an iterator over the noise in row-major order, and is
-/// `true`; is `false` (running nothing) when given noise is not one contiguous row-major slice.
-macro_rules! with_noise_values {
-    ($noise:expr, $values:ident => $body:expr) => {
-        match $noise {
-            Noise::Given(z) => match z.as_slice() {
-                Some(z) => {
-                    let $values = z.iter().copied();
-                    $body;
-                    true
-                }
-                None => false,
-            },
-            Noise::Drawn(draw) => {
-                let $values = std::iter::repeat_with(draw);
-                $body;
-                true
-            }
-            Noise::Zero => {
-                let $values = std::iter::repeat(T::ZERO);
-                $body;
-                true
-            }
+/// Elements per block of the contiguous path. The noise of a block is gathered into a small
+/// buffer first (drawn from the generator, or zeros), so that the arithmetic over every block is
+/// one vectorised loop even when the noise comes from a generator one value at a time.
+const BLOCK: usize = 256;
+
+/// The noise of the contiguous path, handed out block by block.
+struct NoiseBlocks<'a, T, F> {
+    /// Given noise not yet handed out.
+    given: Option<&'a [T]>,
+    /// The generator of drawn noise.
+    draw: Option<&'a mut F>,
+    /// Drawn noise of the current block, or zeros.
+    buffer: [T; BLOCK],
+}
+
+impl<'a, T: DdimFloat, F: FnMut() -> T> NoiseBlocks<'a, T, F> {
+    /// `None` when given noise is not one contiguous row-major slice.
+    fn new<D: Dimension>(noise: &'a mut Noise<'_, T, D, F>) -> Option<Self> {
+        let (given, draw) = match noise {
+            Noise::Given(z) => (Some(z.as_slice()?), None),
+            Noise::Drawn(draw) => (None, Some(draw)),
+            Noise::Zero => (None, None),
+        };
+        Some(NoiseBlocks {
+            given,
+            draw,
+            buffer: [T::ZERO; BLOCK],
+        })
+    }
+
+    /// Whether there is no noise at all (deterministic steps).
+    fn is_zero(&self) -> bool {
+        self.given.is_none() && self.draw.is_none()
+    }
+
+    /// The noise of the next `len <= BLOCK` elements.
+    #[inline(always)]
+    fn next(&mut self, len: usize) -> &[T] {
+        if let Some(given) = &mut self.given {
+            let (head, tail) = given.split_at(len.min(given.len()));
+            *given = tail;
+            return head;
         }
-    };
+        let block = &mut self.buffer[..len.min(BLOCK)];
+        if let Some(draw) = &mut self.draw {
+            block.iter_mut().for_each(|z| *z = draw());
+        }
+        block
+    }
 }
 
 /// Runs `element(sample, model_output, noise) -> (prev, x0)` over every element and stores the
-/// results in `target`: over plain slices when every array is contiguous and row-major (a loop
-/// the compiler vectorises), through `Zip` for any other layout.
+/// results in `target`: block by block over plain slices when every array is contiguous and
+/// row-major (loops the compiler vectorises), through `Zip` for any other layout.
 #[inline(always)]
 fn for_each_element<T, D, F>(
     model_output: ArrayView<'_, T, D>,
@@ -280,21 +318,29 @@ fn for_each_element<T, D, F>(
             prev_sample: mut p,
             pred_original_sample: mut x,
         } => {
-            if let (Some(ps), Some(xs), Some(ss), Some(ms)) = (
+            if let (Some(ps), Some(xs), Some(ss), Some(ms), Some(mut zs)) = (
                 p.as_slice_mut(),
                 x.as_slice_mut(),
                 s.as_slice(),
                 m.as_slice(),
+                NoiseBlocks::new(&mut noise),
             ) {
-                let outputs = ps.iter_mut().zip(xs);
-                let inputs = ss.iter().zip(ms);
-                if with_noise_values!(&mut noise, zs => {
-                    for ((p, x), ((&s, &m), z)) in outputs.zip(inputs.zip(zs)) {
-                        (*p, *x) = element(s, m, z);
+                if zs.is_zero() {
+                    // No noise stream at all: the leanest loop.
+                    for ((p, x), (&s, &m)) in ps.iter_mut().zip(xs).zip(ss.iter().zip(ms)) {
+                        (*p, *x) = element(s, m, T::ZERO);
                     }
-                }) {
                     return;
                 }
+                let blocks = ps.chunks_mut(BLOCK).zip(xs.chunks_mut(BLOCK));
+                for ((p, x), (s, m)) in blocks.zip(ss.chunks(BLOCK).zip(ms.chunks(BLOCK))) {
+                    let z = zs.next(s.len());
+                    for ((p, x), ((&s, &m), &z)) in p.iter_mut().zip(x).zip(s.iter().zip(m).zip(z))
+                    {
+                        (*p, *x) = element(s, m, z);
+                    }
+                }
+                return;
             }
             let zip = Zip::from(&mut p).and(&mut x).and(&s).and(m);
             match noise {
@@ -308,14 +354,22 @@ fn for_each_element<T, D, F>(
             }
         }
         Target::InPlace(mut s) => {
-            if let (Some(ss), Some(ms)) = (s.as_slice_mut(), m.as_slice()) {
-                if with_noise_values!(&mut noise, zs => {
-                    for ((s, &m), z) in ss.iter_mut().zip(ms).zip(zs) {
-                        *s = element(*s, m, z).0;
+            if let (Some(ss), Some(ms), Some(mut zs)) =
+                (s.as_slice_mut(), m.as_slice(), NoiseBlocks::new(&mut noise))
+            {
+                if zs.is_zero() {
+                    for (s, &m) in ss.iter_mut().zip(ms) {
+                        *s = element(*s, m, T::ZERO).0;
                     }
-                }) {
                     return;
                 }
+                for (s, m) in ss.chunks_mut(BLOCK).zip(ms.chunks(BLOCK)) {
+                    let z = zs.next(s.len());
+                    for ((s, &m), &z) in s.iter_mut().zip(m).zip(z) {
+                        *s = element(*s, m, z).0;
+                    }
+                }
+                return;
             }
             let zip = Zip::from(&mut s).and(m);
             match noise {

@@ -505,12 +505,7 @@ impl DdimScheduler {
                 let item = Slice::from(i..=i);
                 let m = model_output.slice_axis(Axis(0), item);
                 let item_target = target.item(item);
-                scratch.clear();
-                scratch.extend(
-                    m.iter()
-                        .zip(item_target.sample().iter())
-                        .map(|(&m, &s)| k.raw_x0(s, m).abs()),
-                );
+                k.abs_raw_x0_bits(m.view(), item_target.sample(), scratch);
                 let s = dynamic_threshold(scratch, config.dynamic_thresholding_ratio, max_value);
                 let bounds = X0Bounds {
                     lo: -s,
