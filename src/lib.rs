@@ -62,7 +62,7 @@
 //! reference; with `f64` arrays the per-element arithmetic runs in double.
 
 #![deny(missing_docs)]
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 mod config;
 mod error;
