@@ -90,7 +90,7 @@ fn check_betas(betas: &[f32], config: &DdimConfig) -> Result<(), DdimError> {
                 "{}/{} (giving beta[{i}] = {} with the {} schedule)",
                 config.beta_start, config.beta_end, betas[i], config.beta_schedule
             ),
-            "values whose betas all lie in [0, 1)",
+            "a pair whose betas all lie in [0, 1)",
         )
     })
 }
