@@ -22,6 +22,7 @@ use std::io::Write as _;
 use std::time::Instant;
 
 use ddim::ndarray::Array2;
+use ddim::{DdimConfig, DdimError, DdimScheduler, TimestepSpacing};
 use paper_experiment::{directions, rng, sample_ddim, scheduler, sliced_wasserstein, Mixture};
 
 const STEPS: [usize; 5] = [10, 20, 50, 100, 1000];
@@ -75,11 +76,119 @@ fn main() -> Result<(), Box<dyn Error>> {
     }
     println!("{:>10}{floor:>9.3}  (two independent data draws)", "floor");
 
+    // Which timesteps a loop visits matters as much at few steps: the same deterministic
+    // sampler (eta = 0) over other schedules.
+    println!("\nThe same at eta = 0 with other timestep choices:\n");
+    print!("{:>44}", "S");
+    SCHEDULE_STEPS.iter().for_each(|s| print!("{s:>9}"));
+    println!();
+    for (label, choice) in SCHEDULES {
+        print!("{label:>44}");
+        for (i, &steps) in SCHEDULE_STEPS.iter().enumerate() {
+            let mut scheduler = choice.scheduler(steps)?;
+            let seed = 200 + i as u64;
+            let samples = sample_on_schedule(&mut scheduler, &mixture, &mut rng(seed))?;
+            print!("{:>9.3}", sliced_wasserstein(&samples, &reference, &dirs));
+        }
+        println!();
+    }
+
     // The panels in the order of the picture: data; eta 0 at 10 steps; eta 1 at 10; eta 0 at 50.
     panels.swap(2, 3);
     std::fs::write(&svg_path, scatter_svg(&panels))?;
     println!("\nscatter plots of the first two coordinates: {svg_path}");
     Ok(())
+}
+
+const SCHEDULE_STEPS: [usize; 3] = [10, 20, 50];
+
+/// The timestep choices of the second table.
+#[derive(Clone, Copy)]
+enum Schedule {
+    Spacing(TimestepSpacing, bool),
+    UniformLogSnr,
+}
+
+const SCHEDULES: [(&str, Schedule); 5] = [
+    (
+        "leading (diffusers' default)",
+        Schedule::Spacing(TimestepSpacing::Leading, false),
+    ),
+    (
+        "linspace, T / n back (diffusers' rule)",
+        Schedule::Spacing(TimestepSpacing::Linspace, false),
+    ),
+    (
+        "linspace, along the schedule",
+        Schedule::Spacing(TimestepSpacing::Linspace, true),
+    ),
+    (
+        "quadratic (original DDIM code)",
+        Schedule::Spacing(TimestepSpacing::Quadratic, true),
+    ),
+    ("custom: uniform in log-SNR", Schedule::UniformLogSnr),
+];
+
+impl Schedule {
+    /// A scheduler of the experiment with this choice of `steps` timesteps.
+    fn scheduler(self, steps: usize) -> Result<DdimScheduler, DdimError> {
+        let mut config = DdimConfig {
+            clip_sample: false,
+            ..DdimConfig::default()
+        };
+        if let Schedule::Spacing(spacing, along) = self {
+            config.timestep_spacing = spacing;
+            config.step_along_schedule = along;
+        }
+        let mut scheduler = DdimScheduler::new(config)?;
+        match self {
+            Schedule::Spacing(..) => scheduler.set_timesteps(steps)?,
+            Schedule::UniformLogSnr => {
+                let timesteps = uniform_log_snr(scheduler.alphas_cumprod(), steps);
+                scheduler.set_custom_timesteps(&timesteps)?;
+            }
+        }
+        Ok(scheduler)
+    }
+}
+
+/// `steps` timesteps, from the last training timestep down, evenly spaced in
+/// `log(alpha_bar / (1 - alpha_bar))`: for each target level, the first timestep at or below it.
+fn uniform_log_snr(alphas_cumprod: &[f32], steps: usize) -> Vec<usize> {
+    let log_snr = |t: usize| {
+        let a = f64::from(alphas_cumprod[t]);
+        (a / (1.0 - a)).ln()
+    };
+    let last = alphas_cumprod.len() - 1;
+    let (high, low) = (log_snr(last), log_snr(0));
+    let mut timesteps: Vec<usize> = (0..steps)
+        .map(|i| {
+            let target = high + (low - high) * i as f64 / (steps - 1).max(1) as f64;
+            (0..=last)
+                .rev()
+                .find(|&t| log_snr(t) >= target)
+                .unwrap_or(0)
+        })
+        .collect();
+    timesteps.dedup();
+    timesteps
+}
+
+/// Deterministic sampling along whatever schedule `scheduler` holds.
+fn sample_on_schedule(
+    scheduler: &mut DdimScheduler,
+    mixture: &Mixture,
+    rng: &mut rand::rngs::SmallRng,
+) -> Result<Array2<f32>, DdimError> {
+    use rand_distr::{Distribution, StandardNormal};
+    let mut x = Array2::from_shape_simple_fn((POINTS, paper_experiment::DIM), || {
+        StandardNormal.sample(&mut *rng)
+    });
+    for &t in scheduler.timesteps() {
+        let eps = mixture.exact_epsilon(&x, f64::from(scheduler.alphas_cumprod()[t]));
+        scheduler.step_in_place(&eps, t, &mut x)?;
+    }
+    Ok(x)
 }
 
 /// Side-by-side scatter plots of the first two coordinates, as a self-contained SVG.

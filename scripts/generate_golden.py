@@ -268,6 +268,21 @@ def step_scalars(sch, t, eta):
     return {name: f"{bits(v):08x}" for name, v in values.items()}
 
 
+def gen_quadratic():
+    """The quadratic spacing of the original DDIM code (ermongroup/ddim, `skip_type == "quad"`):
+    `int(s)` for `s` in `np.linspace(0, np.sqrt(0.8 T), n) ** 2`, listed here in descending order
+    with repeats removed, as the crate runs them. diffusers has no such spacing."""
+    rows = []
+    for T in (1000, 777, 4000):
+        for n in (1, 2, 7, 10, 20, 29, 30, 50, 100, 500):
+            if n > T:
+                continue
+            seq = [int(s) for s in list(np.linspace(0, np.sqrt(T * 0.8), n) ** 2)]
+            rows.append({"num_train_timesteps": T, "num_inference_steps": n,
+                         "timesteps": sorted(set(seq), reverse=True)})
+    return rows
+
+
 def gen_steps(real):
     g = torch.Generator().manual_seed(20240611)
     shape = (2, 3, 4, 4)
@@ -523,7 +538,110 @@ def gen_loops(real):
 
 
 # --------------------------------------------------------------------------
-# 6. configs written by the crate, loaded back by diffusers
+# 6. inversion (DDIMInverseScheduler) and per-item timesteps (DDIMParallelScheduler)
+
+
+def gen_inverse():
+    """Single inversion steps at the first, a middle and the last timestep of the ascending
+    schedule, and 50-step inversion loops driven by the stand-in model."""
+    from diffusers import DDIMInverseScheduler
+
+    g = torch.Generator().manual_seed(31337)
+    shape = (2, 3, 4, 4)
+    inputs = {
+        "m0": torch.randn(shape, generator=g, dtype=torch.float32),
+        "s0": torch.randn(shape, generator=g, dtype=torch.float32),
+        "m1": torch.randn(shape, generator=g, dtype=torch.float32) * 3,
+    }
+    cases = []
+    for spacing in ("leading", "trailing"):
+        for one in (True, False):
+            for pred in ("epsilon", "sample", "v_prediction"):
+                for clip in (False, True):
+                    for n in (10, 61):
+                        config = {"timestep_spacing": spacing, "set_alpha_to_one": one,
+                                  "prediction_type": pred, "clip_sample": clip,
+                                  "steps_offset": 1 if spacing == "leading" else 0}
+                        sch = DDIMInverseScheduler.from_config(copy.deepcopy(config))
+                        sch.set_timesteps(n)
+                        ts = [int(v) for v in sch.timesteps.tolist() if int(v) >= 0]
+                        for t in dict.fromkeys((ts[0], ts[len(ts) // 2], ts[-1])):
+                            model = "m1" if clip else "m0"
+                            out = sch.step(inputs[model], t, inputs["s0"])
+                            cases.append({
+                                "name": f"inv_{spacing}_{'one' if one else 'a0'}_{pred}_"
+                                        f"{'clip' if clip else 'noclip'}_n{n}_t{t}",
+                                "config": config, "num_inference_steps": n, "timestep": t,
+                                "model_output": model, "sample": "s0",
+                                "prev_sample": tensor_json(out.prev_sample),
+                                "pred_original_sample": tensor_json(out.pred_original_sample),
+                            })
+    # Whole inversion loops: x is lifted from the data level to the noisiest timestep.
+    g = torch.Generator().manual_seed(4243)
+    inputs["x_init"] = torch.randn((1, 4, 8, 8), generator=g, dtype=torch.float32)
+    inputs["base"] = torch.randn((1, 4, 8, 8), generator=g, dtype=torch.float32)
+    loops = []
+    for name, config in (
+        ("leading_eps", {"clip_sample": False}),
+        ("trailing_v_a0", {"timestep_spacing": "trailing", "prediction_type": "v_prediction",
+                           "set_alpha_to_one": False, "clip_sample": False}),
+        ("sd15", dict(SCALED_LINEAR, clip_sample=False, set_alpha_to_one=False, steps_offset=1)),
+    ):
+        sch = DDIMInverseScheduler.from_config(copy.deepcopy(config))
+        sch.set_timesteps(50)
+        T = sch.config.num_train_timesteps
+        x = inputs["x_init"].clone()
+        ts = [int(v) for v in sch.timesteps.tolist()]
+        for t in ts:
+            x = sch.step(stand_in_model(x, t, T, inputs["base"]), t, x).prev_sample
+        loops.append({"name": f"inv_loop_{name}", "config": config, "num_inference_steps": 50,
+                      "timesteps": ts, "initial": "x_init", "base": "base",
+                      "final": tensor_json(x)})
+    return {k: tensor_json(v) for k, v in inputs.items()}, cases, loops
+
+
+def gen_parallel():
+    """`batch_step_no_noise` with one timestep per batch item, including an item past the last
+    step (where the reference takes alpha_bar_prev = 1 whatever set_alpha_to_one says)."""
+    from diffusers import DDIMParallelScheduler
+
+    g = torch.Generator().manual_seed(2718)
+    shape = (4, 3, 4, 4)
+    inputs = {
+        "m0": torch.randn(shape, generator=g, dtype=torch.float32),
+        "s0": torch.randn(shape, generator=g, dtype=torch.float32),
+        "m1": torch.randn(shape, generator=g, dtype=torch.float32) * 3,
+    }
+    cases = []
+    modes = {
+        "noclip": {"clip_sample": False},
+        "clip": {"clip_sample": True},
+        "thresh": {"clip_sample": False, "thresholding": True, "dynamic_thresholding_ratio": 0.9,
+                   "sample_max_value": 2.0},
+    }
+    for pred in ("epsilon", "sample", "v_prediction"):
+        for mode, mconf in modes.items():
+            for one in (True, False):
+                for ucmo in (False, True):
+                    config = dict({"prediction_type": pred, "set_alpha_to_one": one}, **mconf)
+                    sch = DDIMParallelScheduler.from_config(copy.deepcopy(config))
+                    sch.set_timesteps(50)
+                    timesteps = [980, 500, 20, 0]
+                    model = "m0" if mode == "noclip" else "m1"
+                    out = sch.batch_step_no_noise(inputs[model], torch.tensor(timesteps),
+                                                  inputs["s0"], use_clipped_model_output=ucmo)
+                    cases.append({
+                        "name": f"par_{pred}_{mode}_{'one' if one else 'a0'}_"
+                                f"{'ucmo' if ucmo else 'raw'}",
+                        "config": config, "num_inference_steps": 50, "timesteps": timesteps,
+                        "use_clipped_model_output": ucmo, "model_output": model, "sample": "s0",
+                        "prev_sample": tensor_json(out),
+                    })
+    return {k: tensor_json(v) for k, v in inputs.items()}, cases
+
+
+# --------------------------------------------------------------------------
+# 7. configs written by the crate, loaded back by diffusers
 
 CONFIG_KEYS = (
     "num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
@@ -561,7 +679,8 @@ def main():
     write_fixture("schedules.json", {"cases": gen_schedules(real)})
 
     cases, prints = gen_timesteps()
-    write_fixture("timesteps.json", {"cases": cases, "fingerprints": prints})
+    write_fixture("timesteps.json", {"cases": cases, "fingerprints": prints,
+                                     "quadratic": gen_quadratic()})
 
     inputs, cases, quirks, skipped = gen_steps(real)
     write_fixture("steps.json", {"inputs": inputs, "cases": cases, "quirks": quirks})
@@ -576,8 +695,14 @@ def main():
 
     write_fixture("reference_loads.json", {"cases": gen_reference_loads()})
 
+    inputs, cases, loops = gen_inverse()
+    write_fixture("inverse.json", {"inputs": inputs, "cases": cases, "loops": loops})
+
+    inputs, cases = gen_parallel()
+    write_fixture("parallel.json", {"inputs": inputs, "cases": cases})
+
     for fname in ("schedules.json", "timesteps.json", "steps.json", "noising.json", "loops.json",
-                  "reference_loads.json"):
+                  "reference_loads.json", "inverse.json", "parallel.json"):
         doc = json.loads((OUT_DIR / fname).read_text())
         n_err = sum(1 for c in doc["cases"] if "error" in c)
         extra = f", {len(doc['fingerprints'])} fingerprints" if "fingerprints" in doc else ""

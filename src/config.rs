@@ -63,6 +63,12 @@ pub enum TimestepSpacing {
     Trailing,
     /// `"linspace"`: `n` evenly spaced points from 0 to `num_train_timesteps - 1`, rounded.
     Linspace,
+    /// `"quadratic"` (this crate only; diffusers does not know it): the spacing the original
+    /// DDIM code used for CIFAR-10, `floor((i * sqrt(0.8 T) / (n - 1))^2)` for `i` in `0..n`,
+    /// dense at low noise. Steps always move along this schedule (see
+    /// [`DdimConfig::step_along_schedule`]). For `n > sqrt(0.8 T) + 1` the smallest timesteps
+    /// repeat; repeats are dropped, so there may be fewer than `n` timesteps.
+    Quadratic,
 }
 
 macro_rules! display_as_json {
@@ -153,6 +159,14 @@ pub struct DdimConfig {
     /// (Lin et al. 2023, "Common Diffusion Noise Schedules and Sample Steps are Flawed").
     /// Needs `num_train_timesteps >= 2`. Default `false`.
     pub rescale_betas_zero_snr: bool,
+    /// This crate only (diffusers ignores the key): make each step move to the next timestep of
+    /// the current schedule instead of `num_train_timesteps / num_inference_steps` timesteps
+    /// back. The reference's rule is exact for `leading` spacing but lands between the
+    /// timesteps of `linspace` and `trailing` schedules (diffusers issues 11347 and 12633); with
+    /// this key, a step from a timestep that is not on the schedule is an error. Custom
+    /// timesteps and `quadratic` spacing always step along their schedule. Default `false`
+    /// (the reference's behaviour).
+    pub step_along_schedule: bool,
 }
 
 impl Default for DdimConfig {
@@ -173,6 +187,7 @@ impl Default for DdimConfig {
             sample_max_value: 1.0,
             timestep_spacing: TimestepSpacing::Leading,
             rescale_betas_zero_snr: false,
+            step_along_schedule: false,
         }
     }
 }

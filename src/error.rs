@@ -137,11 +137,39 @@ pub enum DdimError {
         required: usize,
     },
 
+    /// A list given to `set_custom_timesteps` is empty, not strictly decreasing, or holds a
+    /// timestep the model does not have.
+    #[error("invalid custom timesteps: {reason}")]
+    InvalidTimesteps {
+        /// What is wrong, naming the position and the value.
+        reason: String,
+    },
+
+    /// With steps along the schedule, a step was asked from a timestep the schedule does not
+    /// hold, so there is no next timestep to step to.
+    #[error("timestep {timestep} is not on the current schedule, and steps move along the schedule (custom timesteps, quadratic spacing or step_along_schedule); step from one of its timesteps")]
+    TimestepNotInSchedule {
+        /// The timestep given.
+        timestep: usize,
+    },
+
     /// `eta` is negative or not finite.
     #[error("eta is {eta}, but it must be a finite number >= 0 (0 is deterministic DDIM, 1 is DDPM-like)")]
     InvalidEta {
         /// The value given.
         eta: f64,
+    },
+
+    /// A guidance parameter is out of range: `guidance_scale` is not finite, or
+    /// `guidance_rescale` is not between 0 and 1.
+    #[error("{parameter} is {value}, but it must be {allowed}")]
+    InvalidGuidance {
+        /// `"guidance_scale"` or `"guidance_rescale"`.
+        parameter: &'static str,
+        /// The value given.
+        value: f64,
+        /// What the parameter accepts.
+        allowed: &'static str,
     },
 }
 

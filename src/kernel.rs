@@ -183,6 +183,17 @@ pub(crate) enum Target<'a, T, D> {
     InPlace(ArrayViewMut<'a, T, D>),
 }
 
+impl<T, D: Dimension, F> Noise<'_, T, D, F> {
+    /// The same noise restricted to `range` along axis 0 (drawn noise keeps its generator).
+    pub(crate) fn item(&mut self, range: Slice) -> Noise<'_, T, D, &mut F> {
+        match self {
+            Noise::Given(view) => Noise::Given(view.slice_axis(Axis(0), range)),
+            Noise::Drawn(draw) => Noise::Drawn(draw),
+            Noise::Zero => Noise::Zero,
+        }
+    }
+}
+
 impl<T, D: Dimension> Target<'_, T, D> {
     /// The sample the step reads.
     pub(crate) fn sample(&self) -> ArrayView<'_, T, D> {

@@ -67,6 +67,7 @@
 mod config;
 mod error;
 mod float;
+mod guidance;
 mod kernel;
 mod schedule;
 mod scheduler;
@@ -79,6 +80,7 @@ pub use ndarray;
 pub use config::{BetaSchedule, DdimConfig, PredictionType, TimestepSpacing, MAX_TRAIN_TIMESTEPS};
 pub use error::DdimError;
 pub use float::DdimFloat;
+pub use guidance::{classifier_free_guidance, classifier_free_guidance_into};
 pub use scheduler::{DdimScheduler, StepScalars};
 pub use step::{DdimSchedulerOutput, StepOptions};
 

@@ -4,11 +4,11 @@ use std::path::Path;
 
 use ndarray::{Array, ArrayBase, ArrayView, Axis, Data, Dimension, Slice};
 
-use crate::config::DdimConfig;
+use crate::config::{DdimConfig, TimestepSpacing};
 use crate::kernel::weighted_sum;
 use crate::schedule::Schedule;
 use crate::step::StepOptions;
-use crate::timesteps::inference_timesteps;
+use crate::timesteps::{check_custom, inference_timesteps};
 use crate::{DdimError, DdimFloat};
 
 /// The scalars of one DDIM step, in float32, computed with the reference's float32 operations.
@@ -96,6 +96,9 @@ pub struct DdimScheduler {
     schedule: Schedule,
     timesteps: Vec<usize>,
     num_inference_steps: Option<usize>,
+    /// Whether steps move to the next timestep of `timesteps` (custom schedules, quadratic
+    /// spacing, `step_along_schedule`) rather than `T / n` timesteps back.
+    along_schedule: bool,
 }
 
 impl DdimScheduler {
@@ -112,6 +115,7 @@ impl DdimScheduler {
             schedule,
             timesteps: Vec::new(),
             num_inference_steps: None,
+            along_schedule: false,
         })
     }
 
@@ -205,7 +209,67 @@ impl DdimScheduler {
     pub fn set_timesteps(&mut self, num_inference_steps: usize) -> Result<(), DdimError> {
         self.timesteps = inference_timesteps(&self.config, num_inference_steps)?;
         self.num_inference_steps = Some(num_inference_steps);
+        self.along_schedule = self.config.step_along_schedule
+            || self.config.timestep_spacing == TimestepSpacing::Quadratic;
         Ok(())
+    }
+
+    /// Uses the caller's timesteps as the schedule: strictly decreasing, each below
+    /// `num_train_timesteps`. Every step then moves to the next timestep of this list (the last
+    /// to [`final_alpha_cumprod`](DdimScheduler::final_alpha_cumprod)), and
+    /// [`num_inference_steps`](DdimScheduler::num_inference_steps) is the list's length.
+    ///
+    /// # Errors
+    ///
+    /// [`DdimError::InvalidTimesteps`] for an empty list, a timestep `>= num_train_timesteps`
+    /// or a list that is not strictly decreasing. On error the previous schedule is kept.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use ddim::{DdimConfig, DdimScheduler, StepOptions};
+    ///
+    /// let mut scheduler = DdimScheduler::new(DdimConfig::default())?;
+    /// scheduler.set_custom_timesteps(&[999, 700, 300, 50])?;
+    /// let k = scheduler.step_scalars(700, &StepOptions::default())?;
+    /// assert_eq!(k.prev_timestep, Some(300));
+    /// assert!(scheduler.set_custom_timesteps(&[10, 20]).is_err());
+    /// # Ok::<(), ddim::DdimError>(())
+    /// ```
+    pub fn set_custom_timesteps(&mut self, timesteps: &[usize]) -> Result<(), DdimError> {
+        check_custom(timesteps, self.config.num_train_timesteps)?;
+        self.timesteps = timesteps.to_vec();
+        self.num_inference_steps = Some(timesteps.len());
+        self.along_schedule = true;
+        Ok(())
+    }
+
+    /// The timestep a step from `timestep` moves to: `timestep - num_train_timesteps /
+    /// num_inference_steps` (the reference's rule), or, when steps move along the schedule
+    /// (custom timesteps, `quadratic` spacing, [`DdimConfig::step_along_schedule`]), the next
+    /// timestep of the schedule. `None` past the end, where the step moves to
+    /// [`final_alpha_cumprod`](DdimScheduler::final_alpha_cumprod).
+    ///
+    /// # Errors
+    ///
+    /// [`DdimError::TimestepsNotSet`], [`DdimError::TimestepOutOfRange`], and
+    /// [`DdimError::TimestepNotInSchedule`] when steps move along a schedule that does not hold
+    /// `timestep`.
+    pub fn prev_timestep(&self, timestep: usize) -> Result<Option<usize>, DdimError> {
+        let n = self.num_inference_steps.ok_or(DdimError::TimestepsNotSet)?;
+        self.alpha_bar(timestep)?;
+        if !self.along_schedule {
+            return Ok(timestep.checked_sub(self.config.num_train_timesteps / n));
+        }
+        let position = self.schedule_position(timestep)?;
+        Ok(self.timesteps.get(position + 1).copied())
+    }
+
+    /// Where `timestep` sits in the (strictly decreasing) schedule.
+    fn schedule_position(&self, timestep: usize) -> Result<usize, DdimError> {
+        self.timesteps
+            .binary_search_by(|probe| timestep.cmp(probe))
+            .map_err(|_| DdimError::TimestepNotInSchedule { timestep })
     }
 
     /// The inference timesteps, in the descending order the loop visits them; empty before
@@ -320,8 +384,7 @@ impl DdimScheduler {
     ///
     /// # Errors
     ///
-    /// [`DdimError::InvalidEta`], [`DdimError::TimestepsNotSet`] and
-    /// [`DdimError::TimestepOutOfRange`], as [`step_with_noise`](DdimScheduler::step_with_noise).
+    /// [`DdimError::InvalidEta`], and as [`prev_timestep`](DdimScheduler::prev_timestep).
     pub fn step_scalars(
         &self,
         timestep: usize,
@@ -331,33 +394,40 @@ impl DdimScheduler {
         if !(eta.is_finite() && eta >= 0.0) {
             return Err(DdimError::InvalidEta { eta });
         }
-        let n = self.num_inference_steps.ok_or(DdimError::TimestepsNotSet)?;
+        let prev_timestep = self.prev_timestep(timestep)?;
         let alpha_bar = self.alpha_bar(timestep)?;
-        let prev_timestep = timestep.checked_sub(self.config.num_train_timesteps / n);
-        let alpha_bar_prev = match prev_timestep {
-            Some(prev) => self.alpha_bar(prev)?,
-            None => self.schedule.final_alpha_cumprod,
-        };
-        let beta = 1.0 - alpha_bar;
-        let beta_prev = 1.0 - alpha_bar_prev;
-        // Not evaluated at eta = 0, where sigma is 0 whatever the tables.
-        let sigma = if eta > 0.0 {
-            let variance = non_negative((beta_prev / beta) * (1.0 - alpha_bar / alpha_bar_prev));
-            eta as f32 * variance.sqrt()
-        } else {
-            0.0
-        };
-        Ok(StepScalars {
+        let alpha_bar_prev = self.alpha_bar_or_final(prev_timestep)?;
+        Ok(scalars(
             timestep,
             prev_timestep,
             alpha_bar,
             alpha_bar_prev,
-            sqrt_alpha_bar: alpha_bar.sqrt(),
-            sqrt_one_minus_alpha_bar: beta.sqrt(),
-            sqrt_alpha_bar_prev: alpha_bar_prev.sqrt(),
-            sigma,
-            direction: non_negative((1.0 - alpha_bar_prev) - sigma * sigma).sqrt(),
-        })
+            eta,
+        ))
+    }
+
+    /// The float32 scalars of an inversion step to `timestep` (see
+    /// [`inverse_step`](DdimScheduler::inverse_step)): the roles of the two noise levels swap,
+    /// so `alpha_bar` is the level the sample is at (`prev_timestep`'s, or
+    /// [`final_alpha_cumprod`](DdimScheduler::final_alpha_cumprod) below the first training
+    /// timestep) and `alpha_bar_prev` the level it moves to (`timestep`'s); `sigma` is 0.
+    ///
+    /// # Errors
+    ///
+    /// As [`prev_timestep`](DdimScheduler::prev_timestep).
+    pub fn inverse_step_scalars(&self, timestep: usize) -> Result<StepScalars, DdimError> {
+        let source = self.prev_timestep(timestep)?;
+        let alpha_bar = self.alpha_bar_or_final(source)?;
+        let alpha_bar_prev = self.alpha_bar(timestep)?;
+        Ok(scalars(timestep, source, alpha_bar, alpha_bar_prev, 0.0))
+    }
+
+    /// `alpha_bar` at `timestep`, or the final (inversion: initial) one for `None`.
+    fn alpha_bar_or_final(&self, timestep: Option<usize>) -> Result<f32, DdimError> {
+        match timestep {
+            Some(t) => self.alpha_bar(t),
+            None => Ok(self.schedule.final_alpha_cumprod),
+        }
     }
 
     /// `w_a * a + w_b * b` per batch item, with `(w_a, w_b) = weights(sqrt(alpha_bar_t),
@@ -404,6 +474,36 @@ impl DdimScheduler {
             );
         }
         Ok(out)
+    }
+}
+
+/// The scalars of a step between two noise levels, with the reference's float32 operations.
+fn scalars(
+    timestep: usize,
+    prev_timestep: Option<usize>,
+    alpha_bar: f32,
+    alpha_bar_prev: f32,
+    eta: f64,
+) -> StepScalars {
+    let beta = 1.0 - alpha_bar;
+    let beta_prev = 1.0 - alpha_bar_prev;
+    // Not evaluated at eta = 0, where sigma is 0 whatever the tables.
+    let sigma = if eta > 0.0 {
+        let variance = non_negative((beta_prev / beta) * (1.0 - alpha_bar / alpha_bar_prev));
+        eta as f32 * variance.sqrt()
+    } else {
+        0.0
+    };
+    StepScalars {
+        timestep,
+        prev_timestep,
+        alpha_bar,
+        alpha_bar_prev,
+        sqrt_alpha_bar: alpha_bar.sqrt(),
+        sqrt_one_minus_alpha_bar: beta.sqrt(),
+        sqrt_alpha_bar_prev: alpha_bar_prev.sqrt(),
+        sigma,
+        direction: non_negative(beta_prev - sigma * sigma).sqrt(),
     }
 }
 

@@ -58,6 +58,14 @@ impl<T: DdimFloat, D: Dimension> DdimSchedulerOutput<T, D> {
 /// Noise that is either a given array or nothing at all.
 type FixedNoise<'a, T, D> = Noise<'a, T, D, fn() -> T>;
 
+/// Which step: from one timestep, its inversion, or one timestep per batch item.
+#[derive(Clone, Copy)]
+enum When<'a> {
+    Forward(usize),
+    Inverse(usize),
+    PerItem(&'a [usize]),
+}
+
 /// No noise: deterministic steps.
 fn no_noise<'a, T: DdimFloat, D>() -> FixedNoise<'a, T, D> {
     Noise::Zero
@@ -124,7 +132,13 @@ impl DdimScheduler {
         D: Dimension,
     {
         let options = StepOptions::default();
-        self.step_to_new(model_output, timestep, sample, &options, no_noise())
+        self.step_to_new(
+            model_output,
+            When::Forward(timestep),
+            sample,
+            &options,
+            no_noise(),
+        )
     }
 
     /// A step with options and caller-provided noise (DDIM paper eq. 12 with `sigma_t` of
@@ -156,7 +170,13 @@ impl DdimScheduler {
         D: Dimension,
     {
         let noise = given_noise(options, variance_noise, sample.shape())?;
-        self.step_to_new(model_output, timestep, sample, options, noise)
+        self.step_to_new(
+            model_output,
+            When::Forward(timestep),
+            sample,
+            options,
+            noise,
+        )
     }
 
     /// A step with options and noise drawn from the caller's random number generator: one
@@ -201,7 +221,7 @@ impl DdimScheduler {
     {
         self.step_to_new(
             model_output,
-            timestep,
+            When::Forward(timestep),
             sample,
             options,
             rng_noise(options, rng),
@@ -253,7 +273,14 @@ impl DdimScheduler {
         D: Dimension,
     {
         let options = StepOptions::default();
-        self.step_to_buffers(model_output, timestep, sample, &options, no_noise(), out)
+        self.step_to_buffers(
+            model_output,
+            When::Forward(timestep),
+            sample,
+            &options,
+            no_noise(),
+            out,
+        )
     }
 
     /// [`step_with_noise`](DdimScheduler::step_with_noise), writing into caller-owned buffers
@@ -280,7 +307,14 @@ impl DdimScheduler {
         D: Dimension,
     {
         let noise = given_noise(options, variance_noise, sample.shape())?;
-        self.step_to_buffers(model_output, timestep, sample, options, noise, out)
+        self.step_to_buffers(
+            model_output,
+            When::Forward(timestep),
+            sample,
+            options,
+            noise,
+            out,
+        )
     }
 
     /// [`step_with_rng`](DdimScheduler::step_with_rng), writing into caller-owned buffers as
@@ -307,7 +341,14 @@ impl DdimScheduler {
         R: Rng + ?Sized,
     {
         let noise = rng_noise(options, rng);
-        self.step_to_buffers(model_output, timestep, sample, options, noise, out)
+        self.step_to_buffers(
+            model_output,
+            When::Forward(timestep),
+            sample,
+            options,
+            noise,
+            out,
+        )
     }
 
     /// [`step`](DdimScheduler::step) that overwrites `sample` with `prev_sample`, for loops
@@ -347,7 +388,13 @@ impl DdimScheduler {
     {
         let options = StepOptions::default();
         let target = Target::InPlace(sample.view_mut());
-        self.step_core(model_output.view(), timestep, target, &options, no_noise())
+        self.step_core(
+            model_output.view(),
+            When::Forward(timestep),
+            target,
+            &options,
+            no_noise(),
+        )
     }
 
     /// [`step_with_noise`](DdimScheduler::step_with_noise) that overwrites `sample` with
@@ -373,7 +420,13 @@ impl DdimScheduler {
     {
         let noise = given_noise(options, variance_noise, sample.shape())?;
         let target = Target::InPlace(sample.view_mut());
-        self.step_core(model_output.view(), timestep, target, options, noise)
+        self.step_core(
+            model_output.view(),
+            When::Forward(timestep),
+            target,
+            options,
+            noise,
+        )
     }
 
     /// [`step_with_rng`](DdimScheduler::step_with_rng) that overwrites `sample` with
@@ -400,18 +453,142 @@ impl DdimScheduler {
         let target = Target::InPlace(sample.view_mut());
         self.step_core(
             model_output.view(),
-            timestep,
+            When::Forward(timestep),
             target,
             options,
             rng_noise(options, rng),
         )
     }
 
+    /// One DDIM inversion step (DDIM paper section 4.3, as diffusers' `DDIMInverseScheduler`
+    /// takes it), moving `sample` up the noise schedule to `timestep`: from the noise level of
+    /// [`prev_timestep`](DdimScheduler::prev_timestep)`(timestep)` (or, below the first
+    /// training timestep, the initial `alpha_bar`: 1 with `set_alpha_to_one`, else
+    /// `alpha_bar_0`, the reference inverse scheduler's reading of that key), with `x0` and
+    /// `eps` read from `model_output` at that lower level and
+    /// `prev_sample = sqrt(alpha_bar_t) * x0 + sqrt(1 - alpha_bar_t) * eps`.
+    ///
+    /// An inversion loop visits the schedule in ascending order:
+    /// `for &t in scheduler.timesteps().iter().rev()`, evaluating the model at `t` as the
+    /// reference does. Like the reference, inversion is deterministic and applies
+    /// `clip_sample` but not dynamic thresholding. Unlike it, it also works with `linspace`
+    /// spacing and never starts from the spurious timestep `-1` of `trailing` spacing.
+    ///
+    /// # Errors
+    ///
+    /// As [`step`](DdimScheduler::step).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use ddim::ndarray::Array2;
+    /// use ddim::{DdimConfig, DdimScheduler};
+    ///
+    /// let mut scheduler = DdimScheduler::new(DdimConfig { clip_sample: false, ..Default::default() })?;
+    /// scheduler.set_timesteps(25)?;
+    /// let image = Array2::<f32>::from_elem((1, 8), 0.5);
+    /// let mut latent = image.clone();
+    /// for &t in scheduler.timesteps().iter().rev() {
+    ///     let eps = &latent * 0.0; // the model's noise prediction at t
+    ///     latent = scheduler.inverse_step(&eps, t, &latent)?.prev_sample;
+    /// }
+    /// # Ok::<(), ddim::DdimError>(())
+    /// ```
+    pub fn inverse_step<T, S1, S2, D>(
+        &self,
+        model_output: &ArrayBase<S1, D>,
+        timestep: usize,
+        sample: &ArrayBase<S2, D>,
+    ) -> Result<DdimSchedulerOutput<T, D>, DdimError>
+    where
+        T: DdimFloat,
+        S1: Data<Elem = T>,
+        S2: Data<Elem = T>,
+        D: Dimension,
+    {
+        let options = StepOptions::default();
+        let when = When::Inverse(timestep);
+        self.step_to_new(model_output, when, sample, &options, no_noise())
+    }
+
+    /// One deterministic step of a batch whose items sit at different timesteps, one per item
+    /// of axis 0 (a server batching requests at different points of their loops): item `i`
+    /// takes exactly the step [`step`](DdimScheduler::step) would take from `timesteps[i]`.
+    ///
+    /// diffusers' `DDIMParallelScheduler.batch_step_no_noise` does the same, except that for
+    /// items past the last step it uses `alpha_bar = 1` whatever `set_alpha_to_one` says; here
+    /// those items follow the config, as `step` does.
+    ///
+    /// # Errors
+    ///
+    /// As [`step`](DdimScheduler::step) for every timestep (checked before anything is
+    /// computed), plus [`DdimError::BatchSizeMismatch`] unless there is one timestep per batch
+    /// item and [`DdimError::TooFewAxes`] for 0-dimensional arrays.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use ddim::ndarray::Array2;
+    /// use ddim::{DdimConfig, DdimScheduler};
+    ///
+    /// let mut scheduler = DdimScheduler::new(DdimConfig::default())?;
+    /// scheduler.set_timesteps(10)?;
+    /// let (eps, x) = (Array2::<f32>::zeros((2, 4)), Array2::<f32>::ones((2, 4)));
+    /// let batch = scheduler.step_batch(&eps, &[900, 100], &x)?;
+    /// let alone = scheduler.step(&eps.slice(ddim::ndarray::s![1..2, ..]), 100, &x.slice(ddim::ndarray::s![1..2, ..]))?;
+    /// assert_eq!(batch.prev_sample.row(1), alone.prev_sample.row(0));
+    /// # Ok::<(), ddim::DdimError>(())
+    /// ```
+    pub fn step_batch<T, S1, S2, D>(
+        &self,
+        model_output: &ArrayBase<S1, D>,
+        timesteps: &[usize],
+        sample: &ArrayBase<S2, D>,
+    ) -> Result<DdimSchedulerOutput<T, D>, DdimError>
+    where
+        T: DdimFloat,
+        S1: Data<Elem = T>,
+        S2: Data<Elem = T>,
+        D: Dimension,
+    {
+        let options = StepOptions::default();
+        let when = When::PerItem(timesteps);
+        self.step_to_new(model_output, when, sample, &options, no_noise())
+    }
+
+    /// [`step_batch`](DdimScheduler::step_batch) with options and caller-provided noise, as
+    /// [`step_with_noise`](DdimScheduler::step_with_noise) takes them (the reference has no
+    /// stochastic batch step).
+    ///
+    /// # Errors
+    ///
+    /// As [`step_batch`](DdimScheduler::step_batch) and
+    /// [`step_with_noise`](DdimScheduler::step_with_noise).
+    pub fn step_batch_with_noise<T, S1, S2, S3, D>(
+        &self,
+        model_output: &ArrayBase<S1, D>,
+        timesteps: &[usize],
+        sample: &ArrayBase<S2, D>,
+        options: &StepOptions,
+        variance_noise: &ArrayBase<S3, D>,
+    ) -> Result<DdimSchedulerOutput<T, D>, DdimError>
+    where
+        T: DdimFloat,
+        S1: Data<Elem = T>,
+        S2: Data<Elem = T>,
+        S3: Data<Elem = T>,
+        D: Dimension,
+    {
+        let noise = given_noise(options, variance_noise, sample.shape())?;
+        let when = When::PerItem(timesteps);
+        self.step_to_new(model_output, when, sample, options, noise)
+    }
+
     /// Allocates the result arrays, then steps into them.
     fn step_to_new<T, S1, S2, D, F>(
         &self,
         model_output: &ArrayBase<S1, D>,
-        timestep: usize,
+        when: When<'_>,
         sample: &ArrayBase<S2, D>,
         options: &StepOptions,
         noise: Noise<'_, T, D, F>,
@@ -424,7 +601,7 @@ impl DdimScheduler {
         F: FnMut() -> T,
     {
         let mut out = DdimSchedulerOutput::zeros(sample.raw_dim());
-        self.step_to_buffers(model_output, timestep, sample, options, noise, &mut out)?;
+        self.step_to_buffers(model_output, when, sample, options, noise, &mut out)?;
         Ok(out)
     }
 
@@ -432,7 +609,7 @@ impl DdimScheduler {
     fn step_to_buffers<T, S1, S2, D, F>(
         &self,
         model_output: &ArrayBase<S1, D>,
-        timestep: usize,
+        when: When<'_>,
         sample: &ArrayBase<S2, D>,
         options: &StepOptions,
         noise: Noise<'_, T, D, F>,
@@ -453,15 +630,15 @@ impl DdimScheduler {
             prev_sample: out.prev_sample.view_mut(),
             pred_original_sample: out.pred_original_sample.view_mut(),
         };
-        self.step_core(model_output.view(), timestep, target, options, noise)
+        self.step_core(model_output.view(), when, target, options, noise)
     }
 
-    /// Every step ends here: checks, scalars, coefficients, then one fused pass (per batch
-    /// item, after a pass that finds the item's threshold, when thresholding).
+    /// Every step ends here: checks, then the scalars of the step (per batch item for
+    /// per-item timesteps), then [`apply`](Self::apply).
     fn step_core<T, D, F>(
         &self,
         model_output: ArrayView<'_, T, D>,
-        timestep: usize,
+        when: When<'_>,
         mut target: Target<'_, T, D>,
         options: &StepOptions,
         mut noise: Noise<'_, T, D, F>,
@@ -476,12 +653,73 @@ impl DdimScheduler {
             model_output.shape(),
             target.sample().shape(),
         )?;
-        let scalars = self.step_scalars(timestep, options)?;
+        let thresholding = self.config().thresholding;
+        let clipped = options.use_clipped_model_output;
+        match when {
+            When::Forward(timestep) => {
+                let scalars = self.step_scalars(timestep, options)?;
+                self.apply(&scalars, clipped, thresholding, model_output, target, noise)
+            }
+            When::Inverse(timestep) => {
+                let scalars = self.inverse_step_scalars(timestep)?;
+                self.apply(&scalars, false, false, model_output, target, noise)
+            }
+            When::PerItem(timesteps) => {
+                let Some(&batch_size) = target.sample().shape().first() else {
+                    return Err(DdimError::TooFewAxes {
+                        operation: "per-batch-item timesteps (axis 0 is the batch)",
+                        found: 0,
+                        required: 1,
+                    });
+                };
+                if timesteps.len() != batch_size {
+                    return Err(DdimError::BatchSizeMismatch {
+                        count: timesteps.len(),
+                        batch_size,
+                    });
+                }
+                // Every timestep is checked before anything is written.
+                for &t in timesteps {
+                    self.step_scalars(t, options)?;
+                }
+                for (i, &t) in timesteps.iter().enumerate() {
+                    let item = Slice::from(i..=i);
+                    let scalars = self.step_scalars(t, options)?;
+                    self.apply(
+                        &scalars,
+                        clipped,
+                        thresholding,
+                        model_output.slice_axis(Axis(0), item),
+                        target.item(item),
+                        noise.item(item),
+                    )?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// One step with known scalars: coefficients, then one fused pass (per batch item, after a
+    /// pass that finds the item's threshold, when thresholding).
+    fn apply<T, D, F>(
+        &self,
+        scalars: &StepScalars,
+        use_clipped_model_output: bool,
+        thresholding: bool,
+        model_output: ArrayView<'_, T, D>,
+        mut target: Target<'_, T, D>,
+        mut noise: Noise<'_, T, D, F>,
+    ) -> Result<(), DdimError>
+    where
+        T: DdimFloat,
+        D: Dimension,
+        F: FnMut() -> T,
+    {
         let k = self
-            .coefficients(&scalars, options.use_clipped_model_output)
+            .coefficients(scalars, use_clipped_model_output)
             .widen::<T>();
         let config = self.config();
-        if !config.thresholding {
+        if !thresholding {
             let bounds = if config.clip_sample {
                 X0Bounds::symmetric(T::from_f64(config.clip_sample_range))
             } else {
@@ -512,12 +750,7 @@ impl DdimScheduler {
                     hi: s,
                     divisor: s,
                 };
-                let item_noise: Noise<'_, T, D, &mut F> = match &mut noise {
-                    Noise::Given(view) => Noise::Given(view.slice_axis(Axis(0), item)),
-                    Noise::Drawn(draw) => Noise::Drawn(draw),
-                    Noise::Zero => Noise::Zero,
-                };
-                fused_step(&k, &bounds, m, item_target, item_noise);
+                fused_step(&k, &bounds, m, item_target, noise.item(item));
             }
         });
         Ok(())

@@ -31,7 +31,63 @@ pub(crate) fn inference_timesteps(config: &DdimConfig, n: usize) -> Result<Vec<u
         TimestepSpacing::Linspace => linspace(t, n),
         TimestepSpacing::Leading => leading(t, n, config.steps_offset)?,
         TimestepSpacing::Trailing => trailing(t, n),
+        TimestepSpacing::Quadratic => quadratic(t, n),
     })
+}
+
+/// Checks a caller's schedule: not empty, strictly decreasing, every timestep below
+/// `num_train_timesteps`.
+///
+/// # Errors
+///
+/// [`DdimError::InvalidTimesteps`] naming the first offending position and value.
+pub(crate) fn check_custom(
+    timesteps: &[usize],
+    num_train_timesteps: usize,
+) -> Result<(), DdimError> {
+    let invalid = |reason: String| Err(DdimError::InvalidTimesteps { reason });
+    if timesteps.is_empty() {
+        return invalid("the list is empty; give at least one timestep".into());
+    }
+    if let Some((i, &t)) = timesteps
+        .iter()
+        .enumerate()
+        .find(|(_, &t)| t >= num_train_timesteps)
+    {
+        return invalid(format!(
+            "timesteps[{i}] is {t}, but the model's timesteps are 0..={}",
+            num_train_timesteps - 1
+        ));
+    }
+    if let Some((i, w)) = timesteps.windows(2).enumerate().find(|(_, w)| w[0] <= w[1]) {
+        return invalid(format!(
+            "timesteps[{}] is {} after {}, but the list must be strictly decreasing",
+            i + 1,
+            w[1],
+            w[0]
+        ));
+    }
+    Ok(())
+}
+
+/// The quadratic spacing of the original DDIM code, `int(linspace(0, sqrt(0.8 t), n)^2)`,
+/// descending and without repeats.
+fn quadratic(t: usize, n: usize) -> Vec<usize> {
+    let stop = (0.8 * t as f64).sqrt();
+    let step = if n > 1 { stop / (n - 1) as f64 } else { 0.0 };
+    let mut timesteps: Vec<usize> = (0..n)
+        .rev()
+        .map(|i| {
+            let x = if n > 1 && i == n - 1 {
+                stop
+            } else {
+                i as f64 * step
+            };
+            (x * x) as usize
+        })
+        .collect();
+    timesteps.dedup();
+    timesteps
 }
 
 /// `np.linspace(0, t - 1, n).round()[::-1]`: entry `i` is `i * ((t - 1) / (n - 1))`, the last
@@ -129,6 +185,30 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn quadratic_spacing_is_dense_at_low_noise_and_strictly_decreasing() -> Result<(), DdimError> {
+        // (The exact values are pinned against the original code's formula by tests/golden.rs.)
+        let ts = inference_timesteps(&config(TimestepSpacing::Quadratic, 1000, 0), 10)?;
+        assert_eq!(
+            (ts.len(), ts.first(), ts.last()),
+            (10, Some(&800), Some(&0))
+        );
+        let many = inference_timesteps(&config(TimestepSpacing::Quadratic, 1000, 0), 100)?;
+        assert!(many.len() < 100 && many.windows(2).all(|w| w[0] > w[1]));
+        Ok(())
+    }
+
+    #[test]
+    fn custom_timesteps_must_be_strictly_decreasing_and_in_range() {
+        assert!(check_custom(&[999, 500, 0], 1000).is_ok());
+        for bad in [&[][..], &[1000, 3], &[5, 5], &[3, 7]] {
+            assert!(matches!(
+                check_custom(bad, 1000),
+                Err(DdimError::InvalidTimesteps { .. })
+            ));
+        }
     }
 
     #[test]

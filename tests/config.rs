@@ -11,7 +11,7 @@ use ddim::{BetaSchedule, DdimConfig, DdimError, DdimScheduler, PredictionType, T
 use serde_json::Value;
 
 /// Every key of a `DDIMScheduler` config, as diffusers spells it.
-const CONFIG_KEYS: [&str; 15] = [
+const CONFIG_KEYS: [&str; 16] = [
     "num_train_timesteps",
     "beta_start",
     "beta_end",
@@ -27,6 +27,8 @@ const CONFIG_KEYS: [&str; 15] = [
     "sample_max_value",
     "timestep_spacing",
     "rescale_betas_zero_snr",
+    // This crate's own key (diffusers ignores it).
+    "step_along_schedule",
 ];
 
 /// The real model configs kept in `tests/fixtures/configs/`.
@@ -392,6 +394,12 @@ fn timestep_spacing_spellings() {
         "timestep_spacing",
         read,
     );
+    assert_spelling(
+        TimestepSpacing::Quadratic,
+        "quadratic",
+        "timestep_spacing",
+        read,
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -447,8 +455,9 @@ fn config_with_every_field_changed_round_trips_through_json() {
         dynamic_thresholding_ratio: 0.9,
         clip_sample_range: 2.5,
         sample_max_value: 7.25,
-        timestep_spacing: TimestepSpacing::Linspace,
+        timestep_spacing: TimestepSpacing::Quadratic,
         rescale_betas_zero_snr: true,
+        step_along_schedule: true,
     };
     assert_round_trips(&config, "all changed");
 }
