@@ -56,6 +56,16 @@
 //! - Dynamic thresholding works on any array with at least two axes; the reference needs three.
 //! - Every bad input is a [`DdimError`] rather than an exception or an out-of-range index.
 //!
+//! # Non-finite values
+//!
+//! NaN and infinite values *in arrays* propagate exactly as they do in the reference: a NaN in
+//! `model_output` or `sample` gives NaN in the elements it reaches (with dynamic thresholding,
+//! in its whole batch item, whose quantile becomes NaN), and no error is raised. Checking would
+//! cost a pass over memory on every step, and the reference does not check either. A model that
+//! breaks (a half-precision overflow shows up as NaN or infinity) is caught by checking its
+//! output where it is produced, for example `eps.iter().all(|v| v.is_finite())`.
+//! Non-finite *parameters* (`eta`, guidance scales, config values) are errors.
+//!
 //! # Element types
 //!
 //! Array methods accept `f32` and `f64` ([`DdimFloat`]). The schedule tables are float32 as in the

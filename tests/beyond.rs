@@ -156,3 +156,79 @@ fn quadratic_spacing_is_dense_at_low_noise_and_stepped_along() {
     assert!(s.timesteps().len() < 200);
     assert!(s.timesteps().windows(2).all(|w| w[0] > w[1]));
 }
+
+/// `step_batch_with_noise` (which the reference lacks) gives every item the step
+/// `step_with_noise` gives it alone, eta > 0 and use_clipped_model_output included.
+#[test]
+fn stochastic_batch_steps_equal_item_by_item_steps() {
+    use ddim::ndarray::{Array4, Axis, Slice};
+    let mut s = DdimScheduler::new(DdimConfig {
+        thresholding: true,
+        dynamic_thresholding_ratio: 0.9,
+        sample_max_value: 2.0,
+        ..DdimConfig::default()
+    })
+    .expect("valid");
+    s.set_timesteps(20).expect("valid");
+    let shape = (3, 2, 4, 4);
+    let m = Array4::from_shape_fn(shape, |(b, c, y, x)| {
+        ((b * 31 + c * 7 + y * 4 + x) as f32 * 0.3).sin() * 2.5
+    });
+    let x = Array4::from_shape_fn(shape, |(b, c, y, x)| {
+        ((b * 13 + c * 5 + y + x * 3) as f32 * 0.2).cos()
+    });
+    let z = Array4::from_shape_fn(shape, |(b, c, y, x)| {
+        ((b + c + y * 3 + x * 5) as f32 * 0.17).sin()
+    });
+    let options = StepOptions {
+        eta: 0.7,
+        use_clipped_model_output: true,
+    };
+    let timesteps = [950, 450, 0];
+    let batch = s
+        .step_batch_with_noise(&m, &timesteps, &x, &options, &z)
+        .expect("batch");
+    for (i, &t) in timesteps.iter().enumerate() {
+        let item = Slice::from(i..=i);
+        let alone = s
+            .step_with_noise(
+                &m.slice_axis(Axis(0), item),
+                t,
+                &x.slice_axis(Axis(0), item),
+                &options,
+                &z.slice_axis(Axis(0), item),
+            )
+            .expect("step");
+        assert_eq!(
+            batch.prev_sample.slice_axis(Axis(0), item),
+            alone.prev_sample,
+            "item {i}"
+        );
+        assert_eq!(
+            batch.pred_original_sample.slice_axis(Axis(0), item),
+            alone.pred_original_sample,
+            "item {i}"
+        );
+    }
+    // One timestep per item, all valid, or nothing is computed.
+    let err = s
+        .step_batch(&m, &[950, 450], &x)
+        .expect_err("two for three");
+    assert!(
+        matches!(
+            err,
+            DdimError::BatchSizeMismatch {
+                count: 2,
+                batch_size: 3
+            }
+        ),
+        "{err}"
+    );
+    let err = s
+        .step_batch(&m, &[950, 450, 1000], &x)
+        .expect_err("out of range");
+    assert!(
+        matches!(err, DdimError::TimestepOutOfRange { timestep: 1000, .. }),
+        "{err}"
+    );
+}
