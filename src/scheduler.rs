@@ -336,7 +336,6 @@ impl DdimScheduler {
         S2: Data<Elem = T>,
         D: Dimension,
     {
-        check_same_shape("noise", noise.shape(), original_samples.shape())?;
         self.per_item_blend(
             original_samples.view(),
             noise.view(),
@@ -364,7 +363,6 @@ impl DdimScheduler {
         S2: Data<Elem = T>,
         D: Dimension,
     {
-        check_same_shape("noise", noise.shape(), sample.shape())?;
         self.per_item_blend(sample.view(), noise.view(), timesteps, |sa, sb| (-sb, sa))
     }
 
@@ -431,7 +429,7 @@ impl DdimScheduler {
     }
 
     /// `w_a * a + w_b * b` per batch item, with `(w_a, w_b) = weights(sqrt(alpha_bar_t),
-    /// sqrt(1 - alpha_bar_t))` in the element type.
+    /// sqrt(1 - alpha_bar_t))` in the element type; `b` is the noise.
     fn per_item_blend<T, D>(
         &self,
         a: ArrayView<'_, T, D>,
@@ -443,6 +441,7 @@ impl DdimScheduler {
         T: DdimFloat,
         D: Dimension,
     {
+        check_same_shape("noise", b.shape(), a.shape())?;
         if a.ndim() == 0 {
             return Err(DdimError::TooFewAxes {
                 operation: "per-batch-item timesteps (axis 0 is the batch)",
