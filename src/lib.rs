@@ -84,6 +84,7 @@ mod scheduler;
 mod step;
 mod threshold;
 mod timesteps;
+mod torch_rng;
 
 pub use ndarray;
 
@@ -93,6 +94,7 @@ pub use float::DdimFloat;
 pub use guidance::{classifier_free_guidance, classifier_free_guidance_into};
 pub use scheduler::{DdimScheduler, StepScalars};
 pub use step::{DdimSchedulerOutput, StepOptions};
+pub use torch_rng::{TorchCpuKernel, TorchGenerator};
 
 /// The README's examples, compiled and run as doc tests.
 #[cfg(doctest)]
