@@ -17,7 +17,7 @@ pub const MAX_TRAIN_TIMESTEPS: usize = 1_000_000;
 /// How the training noise levels `beta_t` are laid out over `0..num_train_timesteps`.
 ///
 /// Spelled in JSON exactly as the variant's doc says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum BetaSchedule {
@@ -35,7 +35,7 @@ pub enum BetaSchedule {
 }
 
 /// What the model's output means.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum PredictionType {
@@ -50,7 +50,7 @@ pub enum PredictionType {
 }
 
 /// How `set_timesteps(n)` picks `n` of the model's training timesteps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum TimestepSpacing {
@@ -70,6 +70,51 @@ pub enum TimestepSpacing {
     /// repeat; repeats are dropped, so there may be fewer than `n` timesteps.
     Quadratic,
 }
+
+/// Reads an enum from its JSON string. Written by hand rather than derived so that a value of
+/// another JSON type (`null`, a number, ...) is reported with the list of allowed strings, as an
+/// unknown string is.
+macro_rules! deserialize_from_name {
+    ($t:ty, $($name:literal => $variant:expr),+ $(,)?) => {
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                const NAMES: &[&str] = &[$($name),+];
+                struct Names;
+                impl serde::de::Visitor<'_> for Names {
+                    type Value = $t;
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        let list: Vec<String> = NAMES.iter().map(|n| format!("`{n}`")).collect();
+                        write!(f, "one of {}", list.join(", "))
+                    }
+                    fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<$t, E> {
+                        match value {
+                            $($name => Ok($variant),)+
+                            _ => Err(E::unknown_variant(value, NAMES)),
+                        }
+                    }
+                }
+                deserializer.deserialize_str(Names)
+            }
+        }
+    };
+}
+
+deserialize_from_name!(BetaSchedule,
+    "linear" => BetaSchedule::Linear,
+    "scaled_linear" => BetaSchedule::ScaledLinear,
+    "squaredcos_cap_v2" => BetaSchedule::SquaredcosCapV2,
+);
+deserialize_from_name!(PredictionType,
+    "epsilon" => PredictionType::Epsilon,
+    "sample" => PredictionType::Sample,
+    "v_prediction" => PredictionType::VPrediction,
+);
+deserialize_from_name!(TimestepSpacing,
+    "leading" => TimestepSpacing::Leading,
+    "trailing" => TimestepSpacing::Trailing,
+    "linspace" => TimestepSpacing::Linspace,
+    "quadratic" => TimestepSpacing::Quadratic,
+);
 
 macro_rules! display_as_json {
     ($t:ty) => {

@@ -12,17 +12,35 @@
 //! with scalars that depend only on the timestep and the options; the scheduler computes them,
 //! this module applies them in one pass that reads each input once and writes each output once.
 //!
-//! The divisors are there for exactness, not for speed: with them every formula of the reference
-//! is evaluated with the same operations in the same order (the extra terms are exact zeros and
-//! the extra divisors exact ones), so a float32 step rounds exactly as the reference's does.
+//! Each step uses only the terms its prediction type has (the rest are left out, not multiplied
+//! by zero), and divides where the reference divides: every formula of the reference is
+//! evaluated with the same operations in the same order, so a float32 step rounds exactly as the
+//! reference's does, and non-finite values travel as they do there.
 
 use ndarray::{ArrayView, ArrayViewMut, Axis, Dimension, Slice, Zip};
 
 use crate::DdimFloat;
 
+/// Which of the general formulas' terms a step has. Absent terms are left out rather than
+/// multiplied by zero, so that infinities and NaN travel exactly as in the reference (where
+/// `0 * inf` would make a NaN the reference never computes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Form {
+    /// `x0 = (sample + b*output) / q`, `eps = output`.
+    Epsilon,
+    /// `x0 = output`, `eps = (sample + d*output) / u`.
+    Sample,
+    /// `x0 = a*sample + b*output`, `eps = c*sample + d*output`.
+    Velocity,
+}
+
 /// The per-timestep scalars of one DDIM update (see the module docs for the formulas).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct StepCoefficients<T> {
+    /// Which terms the formulas have.
+    pub form: Form,
+    /// Whether `eps` is re-derived from the clamped `x0`: `eps = (sample + h*x0) / u`.
+    pub eps_from_clamped_x0: bool,
     /// `a`: weight of `sample` in the raw `x0`.
     pub x0_from_sample: T,
     /// `b`: weight of `model_output` in the raw `x0`.
@@ -49,6 +67,8 @@ impl StepCoefficients<f32> {
     /// Widens every coefficient to the element type, exactly.
     pub(crate) fn widen<T: DdimFloat>(&self) -> StepCoefficients<T> {
         StepCoefficients {
+            form: self.form,
+            eps_from_clamped_x0: self.eps_from_clamped_x0,
             x0_from_sample: T::from_f32(self.x0_from_sample),
             x0_from_output: T::from_f32(self.x0_from_output),
             x0_divisor: T::from_f32(self.x0_divisor),
@@ -67,7 +87,11 @@ impl<T: DdimFloat> StepCoefficients<T> {
     /// The raw (unclamped) `x0` of one element.
     #[inline(always)]
     pub(crate) fn raw_x0(&self, sample: T, model_output: T) -> T {
-        (self.x0_from_sample * sample + self.x0_from_output * model_output) / self.x0_divisor
+        match self.form {
+            Form::Epsilon => (sample + self.x0_from_output * model_output) / self.x0_divisor,
+            Form::Sample => model_output,
+            Form::Velocity => self.x0_from_sample * sample + self.x0_from_output * model_output,
+        }
     }
 
     /// Replaces `out` with the bit patterns of `|raw x0|` of every element, in row-major order.
@@ -132,31 +156,43 @@ impl<T: DdimFloat> X0Bounds<T> {
     }
 }
 
+/// [`Form`] as a const parameter.
+const EPSILON: u8 = 0;
+const SAMPLE: u8 = 1;
+const VELOCITY: u8 = 2;
+
 /// One element of the update: returns `(prev_sample, pred_original_sample)`.
 ///
-/// The const parameters switch off the operations that are identities for the coefficients at
-/// hand (a division by exactly 1, a clamp to `[-inf, inf]` followed by a division by 1), so that
-/// the common cases do not pay for divisions they do not need; the result is bit-for-bit the same.
+/// The const parameters select the formulas' terms ([`Form`], whether `eps` is re-derived from
+/// the clamped `x0`, whether `x0` is clamped at all), so each instance has exactly the
+/// reference's operations, in its order, and nothing else.
 #[inline(always)]
-fn update<T: DdimFloat, const DIVIDE_X0: bool, const BOUND_X0: bool, const DIVIDE_EPS: bool>(
+fn update<T: DdimFloat, const FORM: u8, const EPS_FROM_X0: bool, const BOUND_X0: bool>(
     k: &StepCoefficients<T>,
     bounds: &X0Bounds<T>,
     sample: T,
     model_output: T,
     noise: T,
 ) -> (T, T) {
-    let mut x0 = k.x0_from_sample * sample + k.x0_from_output * model_output;
-    if DIVIDE_X0 {
-        x0 = x0 / k.x0_divisor;
-    }
-    if BOUND_X0 {
-        x0 = bounds.apply(x0);
-    }
-    let mut eps =
-        k.eps_from_sample * sample + k.eps_from_output * model_output + k.eps_from_x0 * x0;
-    if DIVIDE_EPS {
-        eps = eps / k.eps_divisor;
-    }
+    let raw_x0 = match FORM {
+        EPSILON => (sample + k.x0_from_output * model_output) / k.x0_divisor,
+        SAMPLE => model_output,
+        _ => k.x0_from_sample * sample + k.x0_from_output * model_output,
+    };
+    let x0 = if BOUND_X0 {
+        bounds.apply(raw_x0)
+    } else {
+        raw_x0
+    };
+    let eps = if EPS_FROM_X0 {
+        (sample + k.eps_from_x0 * x0) / k.eps_divisor
+    } else {
+        match FORM {
+            EPSILON => model_output,
+            SAMPLE => (sample + k.eps_from_output * model_output) / k.eps_divisor,
+            _ => k.eps_from_sample * sample + k.eps_from_output * model_output,
+        }
+    };
     let prev = k.prev_from_x0 * x0 + k.prev_from_eps * eps + k.prev_from_noise * noise;
     (prev, x0)
 }
@@ -399,26 +435,28 @@ fn fused_step_portable<T, D, F>(
     D: Dimension,
     F: FnMut() -> T,
 {
-    let divide_x0 = k.x0_divisor != T::ONE;
     let bound_x0 = *bounds != X0Bounds::unbounded();
-    let divide_eps = k.eps_divisor != T::ONE;
-    // One instance of the loop per combination of the identities `update` can skip.
+    // One instance of the loop per combination of the formulas' terms.
     macro_rules! run {
-        ($a:literal, $b:literal, $c:literal) => {
+        ($form:expr, $eps_from_x0:literal, $bound:literal) => {
             for_each_element(model_output, target, noise, |s, m, z| {
-                update::<T, $a, $b, $c>(k, bounds, s, m, z)
+                update::<T, { $form }, $eps_from_x0, $bound>(k, bounds, s, m, z)
             })
         };
     }
-    match (divide_x0, bound_x0, divide_eps) {
-        (false, false, false) => run!(false, false, false),
-        (false, false, true) => run!(false, false, true),
-        (false, true, false) => run!(false, true, false),
-        (false, true, true) => run!(false, true, true),
-        (true, false, false) => run!(true, false, false),
-        (true, false, true) => run!(true, false, true),
-        (true, true, false) => run!(true, true, false),
-        (true, true, true) => run!(true, true, true),
+    match (k.form, k.eps_from_clamped_x0, bound_x0) {
+        (Form::Epsilon, false, false) => run!(EPSILON, false, false),
+        (Form::Epsilon, false, true) => run!(EPSILON, false, true),
+        (Form::Epsilon, true, false) => run!(EPSILON, true, false),
+        (Form::Epsilon, true, true) => run!(EPSILON, true, true),
+        (Form::Sample, false, false) => run!(SAMPLE, false, false),
+        (Form::Sample, false, true) => run!(SAMPLE, false, true),
+        (Form::Sample, true, false) => run!(SAMPLE, true, false),
+        (Form::Sample, true, true) => run!(SAMPLE, true, true),
+        (Form::Velocity, false, false) => run!(VELOCITY, false, false),
+        (Form::Velocity, false, true) => run!(VELOCITY, false, true),
+        (Form::Velocity, true, false) => run!(VELOCITY, true, false),
+        (Form::Velocity, true, true) => run!(VELOCITY, true, true),
     }
 }
 
@@ -595,6 +633,8 @@ mod tests {
             (0.9, 0.4, true),
         ] {
             let k = StepCoefficients {
+                form: Form::Velocity,
+                eps_from_clamped_x0: q != 1.0,
                 x0_from_sample: 1.0f32,
                 x0_from_output: -0.6,
                 x0_divisor: q,
@@ -662,6 +702,8 @@ mod tests {
         let s = Array1::from_shape_fn(len, |i| (i as f32 * 0.11).cos());
         let z = Array1::from_shape_fn(len, |i| (i as f32 * 0.05).sin());
         let k = StepCoefficients {
+            form: Form::Epsilon,
+            eps_from_clamped_x0: false,
             x0_from_sample: 1.0f32,
             x0_from_output: -0.6,
             x0_divisor: 0.3,

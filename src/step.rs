@@ -5,7 +5,7 @@ use ndarray::{Array, ArrayBase, ArrayView, Axis, Data, DataMut, Dimension, Slice
 use rand::Rng;
 
 use crate::config::PredictionType;
-use crate::kernel::{fused_step, Noise, StepCoefficients, Target, X0Bounds};
+use crate::kernel::{fused_step, Form, Noise, StepCoefficients, Target, X0Bounds};
 use crate::scheduler::{check_same_shape, StepScalars};
 use crate::threshold::dynamic_threshold;
 use crate::{DdimError, DdimFloat, DdimScheduler};
@@ -765,10 +765,10 @@ impl DdimScheduler {
         let (sa, sb) = (k.sqrt_alpha_bar, k.sqrt_one_minus_alpha_bar);
         // x0 = (a*sample + b*output) / q and eps = (c*sample + d*output) / u, by prediction type
         // (DDIM eq. 9 solved for x0 or eps, and Salimans and Ho's v).
-        let (a, b, q, c, d, u) = match self.config().prediction_type {
-            PredictionType::Epsilon => (1.0, -sb, sa, 0.0, 1.0, 1.0),
-            PredictionType::Sample => (0.0, 1.0, 1.0, 1.0, -sa, sb),
-            PredictionType::VPrediction => (sa, -sb, 1.0, sb, sa, 1.0),
+        let (form, a, b, q, c, d, u) = match self.config().prediction_type {
+            PredictionType::Epsilon => (Form::Epsilon, 1.0, -sb, sa, 0.0, 1.0, 1.0),
+            PredictionType::Sample => (Form::Sample, 0.0, 1.0, 1.0, 1.0, -sa, sb),
+            PredictionType::VPrediction => (Form::Velocity, sa, -sb, 1.0, sb, sa, 1.0),
         };
         // With use_clipped_model_output, eps = (sample - sa * x0) / sb from the clipped x0.
         let (c, d, h, u) = if use_clipped_model_output {
@@ -777,6 +777,8 @@ impl DdimScheduler {
             (c, d, 0.0, u)
         };
         StepCoefficients {
+            form,
+            eps_from_clamped_x0: use_clipped_model_output,
             x0_from_sample: a,
             x0_from_output: b,
             x0_divisor: q,
