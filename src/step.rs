@@ -678,6 +678,12 @@ impl DdimScheduler {
                         batch_size,
                     });
                 }
+                // An empty batch is checked like any other call.
+                if !(options.eta.is_finite() && options.eta >= 0.0) {
+                    return Err(DdimError::InvalidEta { eta: options.eta });
+                }
+                self.num_inference_steps()
+                    .ok_or(DdimError::TimestepsNotSet)?;
                 // Every timestep is checked before anything is written.
                 for &t in timesteps {
                     self.step_scalars(t, options)?;

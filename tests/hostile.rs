@@ -1033,6 +1033,15 @@ fn exercise<T: DdimFloat>(f: &mut Failures, rng: &mut StdRng, config: DdimConfig
                     }
                     p.extend(c.timestep_problems(t));
                 }
+                if ts.is_empty() && batch == Some(0) {
+                    // An empty batch is checked like any other call.
+                    if call == 16 {
+                        p.extend(Contract::eta_problems(eta));
+                    }
+                    if c.timesteps.is_none() {
+                        p.push("TimestepsNotSet");
+                    }
+                }
                 if thresholding && ndim < 2 && batch.is_some_and(|b| b > 0) {
                     p.push("TooFewAxes");
                 }
@@ -1658,26 +1667,29 @@ fn call_errors_name_the_value_given() {
     );
 }
 
-/// The batch step checks eta and the timesteps per item, so an empty batch checks nothing: a
-/// step of zero items with eta = NaN, or before `set_timesteps`, returns empty arrays. This pins
-/// that (harmless, but unlike `step`, which checks them for empty arrays too).
+/// An empty batch is checked like any other call: eta = NaN, or a step before `set_timesteps`,
+/// is an error even with zero items, as it is for `step` on empty arrays.
 #[test]
-fn an_empty_batch_is_not_checked_for_eta_or_timesteps() {
-    let s = DdimScheduler::new(DdimConfig::default()).expect("default");
+fn an_empty_batch_is_checked_for_eta_and_timesteps() {
+    let mut s = DdimScheduler::new(DdimConfig::default()).expect("default");
     let empty = ArrayD::<f32>::zeros(IxDyn(&[0, 3]));
     let nan_eta = StepOptions {
         eta: f64::NAN,
         ..StepOptions::default()
     };
-    let out = s.step_batch_with_noise(&empty, &[], &empty, &nan_eta, &empty);
-    assert_eq!(
-        out.map(|o| o.prev_sample.shape().to_vec()).ok(),
-        Some(vec![0, 3])
-    );
+    let before = s.step_batch(&empty, &[], &empty).unwrap_err();
+    assert_eq!(kind(&before), "TimestepsNotSet");
     assert_eq!(
         kind(&s.step(&empty, 0, &empty).unwrap_err()),
         "TimestepsNotSet"
     );
+    s.set_timesteps(10).expect("valid");
+    let bad_eta = s
+        .step_batch_with_noise(&empty, &[], &empty, &nan_eta, &empty)
+        .unwrap_err();
+    assert_eq!(kind(&bad_eta), "InvalidEta");
+    let out = s.step_batch(&empty, &[], &empty).expect("empty batch");
+    assert_eq!(out.prev_sample.shape(), &[0, 3]);
 }
 
 // ---------------------------------------------------------------------------------------------
