@@ -6,30 +6,9 @@ mod common;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-use common::{fixture_path, ScratchDir};
+use common::{fixture_path, ScratchDir, CONFIG_KEYS};
 use ddim::{BetaSchedule, DdimConfig, DdimError, DdimScheduler, PredictionType, TimestepSpacing};
 use serde_json::Value;
-
-/// Every key of a `DDIMScheduler` config, as diffusers spells it.
-const CONFIG_KEYS: [&str; 16] = [
-    "num_train_timesteps",
-    "beta_start",
-    "beta_end",
-    "beta_schedule",
-    "trained_betas",
-    "clip_sample",
-    "set_alpha_to_one",
-    "steps_offset",
-    "prediction_type",
-    "thresholding",
-    "dynamic_thresholding_ratio",
-    "clip_sample_range",
-    "sample_max_value",
-    "timestep_spacing",
-    "rescale_betas_zero_snr",
-    // This crate's own key (diffusers ignores it).
-    "step_along_schedule",
-];
 
 /// The real model configs kept in `tests/fixtures/configs/`.
 const FIXTURES: [&str; 5] = [

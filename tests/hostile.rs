@@ -6,6 +6,8 @@
 //! The second half pins the crate's policy for NaN and infinite array values: they propagate as
 //! the reference's formulas propagate them, element by element, with no error.
 
+mod common;
+
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 
@@ -23,24 +25,7 @@ use serde_json::{json, Map, Number, Value};
 // Vocabulary
 // ---------------------------------------------------------------------------------------------
 
-const REAL_KEYS: [&str; 16] = [
-    "num_train_timesteps",
-    "beta_start",
-    "beta_end",
-    "beta_schedule",
-    "trained_betas",
-    "clip_sample",
-    "set_alpha_to_one",
-    "steps_offset",
-    "prediction_type",
-    "thresholding",
-    "dynamic_thresholding_ratio",
-    "clip_sample_range",
-    "sample_max_value",
-    "timestep_spacing",
-    "rescale_betas_zero_snr",
-    "step_along_schedule",
-];
+const REAL_KEYS: [&str; 16] = common::CONFIG_KEYS;
 
 const JUNK_KEYS: [&str; 12] = [
     "_class_name",

@@ -219,3 +219,24 @@ impl Drop for ScratchDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// Every key of a `scheduler_config.json` the crate reads (the reference's, and this crate's own
+/// `step_along_schedule`).
+pub const CONFIG_KEYS: [&str; 16] = [
+    "num_train_timesteps",
+    "beta_start",
+    "beta_end",
+    "beta_schedule",
+    "trained_betas",
+    "clip_sample",
+    "set_alpha_to_one",
+    "steps_offset",
+    "prediction_type",
+    "thresholding",
+    "dynamic_thresholding_ratio",
+    "clip_sample_range",
+    "sample_max_value",
+    "timestep_spacing",
+    "rescale_betas_zero_snr",
+    "step_along_schedule",
+];
