@@ -14,11 +14,17 @@ use proptest::test_runner::Config as ProptestConfig;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
-/// `cases` cases, and no regression files written next to the sources.
+/// `cases` cases from a fixed seed (so that CI runs are reproducible; set `PROPTEST_RNG_SEED`
+/// to explore other cases), and no regression files written next to the sources.
 fn cases(cases: u32) -> ProptestConfig {
+    let seed = std::env::var("PROPTEST_RNG_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20_201_006);
     ProptestConfig {
         cases,
         failure_persistence: None,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(seed),
         ..ProptestConfig::default()
     }
 }
