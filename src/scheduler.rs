@@ -388,10 +388,7 @@ impl DdimScheduler {
         timestep: usize,
         options: &StepOptions,
     ) -> Result<StepScalars, DdimError> {
-        let eta = options.eta;
-        if !(eta.is_finite() && eta >= 0.0) {
-            return Err(DdimError::InvalidEta { eta });
-        }
+        let eta = options.checked_eta()?;
         let prev_timestep = self.prev_timestep(timestep)?;
         let alpha_bar = self.alpha_bar(timestep)?;
         let alpha_bar_prev = self.alpha_bar_or_final(prev_timestep)?;

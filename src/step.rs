@@ -28,6 +28,18 @@ pub struct StepOptions {
     pub use_clipped_model_output: bool,
 }
 
+impl StepOptions {
+    /// `eta`, if it is finite and `>= 0`.
+    pub(crate) fn checked_eta(&self) -> Result<f64, DdimError> {
+        let eta = self.eta;
+        if eta.is_finite() && eta >= 0.0 {
+            Ok(eta)
+        } else {
+            Err(DdimError::InvalidEta { eta })
+        }
+    }
+}
+
 /// The result of one step; also the caller-owned buffers of the `step_into` methods.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DdimSchedulerOutput<T, D: Dimension> {
@@ -679,9 +691,7 @@ impl DdimScheduler {
                     });
                 }
                 // An empty batch is checked like any other call.
-                if !(options.eta.is_finite() && options.eta >= 0.0) {
-                    return Err(DdimError::InvalidEta { eta: options.eta });
-                }
+                options.checked_eta()?;
                 self.num_inference_steps()
                     .ok_or(DdimError::TimestepsNotSet)?;
                 // Every timestep is checked before anything is written.
