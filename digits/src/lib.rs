@@ -1,0 +1,1 @@
+//! The `ddim` crate on a real trained model (work in progress).
