@@ -67,7 +67,9 @@ Layout of the file (top-level keys):
   "outside_values", "sdxl_outside"  values that are not a float in (0, 1), and what each
                   pipeline does with them;
   "sdxl_img2img_start_end" both values given to the SDXL img2img pipeline;
-  "inpaint_inputs", "inpaint"  tensors by name, and whole inpainting runs;
+  "inpaint_inputs", "inpaint"  tensors by name, and whole inpainting runs ("all_timesteps" is
+                  the whole schedule, "timesteps" the part that runs, "blended" the latents
+                  after each step, "final" the last of them);
   "notes"         what the reference does, in words.
 """
 
@@ -827,10 +829,11 @@ def inpaint_run(ref, inputs, name, spacing, strength, mask_name, prediction_type
     return {
         "name": name, "config": config, "spacing": spacing, "prediction_type": prediction_type,
         "num_inference_steps": INPAINT_STEPS, "strength": strength,
-        "strength_bits": float_bits(strength), "eta": 0.0, "schedule": schedule,
+        "strength_bits": float_bits(strength), "eta": 0.0, "all_timesteps": schedule,
         "t_start": local["t_start"], "steps": steps, "timesteps": ints(timesteps),
         "is_strength_max": is_strength_max, "latent_timestep": int(timesteps[0]),
-        "image_latents": "image_latents", "noise": "noise", "base": "base", "mask": mask_name,
+        "image_latents": "image_latents", "noise": "noise", "noise_seed": NOISE_SEED,
+        "base": "base", "mask": mask_name,
         "initial": gg.tensor_json(initial),
         "blended": [gg.tensor_json(x) for x in blended],
         "final": gg.tensor_json(latents),
