@@ -160,6 +160,13 @@ pub enum DdimError {
         eta: f64,
     },
 
+    /// A step with `eta > 0` was given no noise source ([`NoiseSource::None`](crate::NoiseSource)).
+    #[error("eta is {eta}, so the step needs noise: set StepOptions::noise to a NoiseSource (given noise, a rand generator or a TorchGenerator), or use eta = 0")]
+    MissingNoise {
+        /// The value given.
+        eta: f64,
+    },
+
     /// A guidance parameter is out of range: `guidance_scale` is not finite, or
     /// `guidance_rescale` is not between 0 and 1.
     #[error("{parameter} is {value}, but it must be {allowed}")]

@@ -19,10 +19,9 @@
 //! pass over each batch item computes both standard deviations (in double, from the
 //! element-type values of `c` and `g`), and a second pass writes `out`.
 
-use ndarray::{
-    Array, ArrayBase, ArrayView, ArrayViewMut, Axis, Data, DataMut, Dimension, Slice, Zip,
-};
+use ndarray::{Array, ArrayRef, ArrayView, ArrayViewMut, Axis, Dimension, Slice, Zip};
 
+use crate::checks::same_shape;
 use crate::{DdimError, DdimFloat};
 
 /// Classifier-free guidance, `uncond + guidance_scale * (text - uncond)`, followed (when
@@ -89,18 +88,12 @@ use crate::{DdimError, DdimFloat};
 /// assert_eq!(classifier_free_guidance(&u, &c, 0.0, 0.0)?, u);
 /// # Ok::<(), ddim::DdimError>(())
 /// ```
-pub fn classifier_free_guidance<T, S1, S2, D>(
-    uncond: &ArrayBase<S1, D>,
-    text: &ArrayBase<S2, D>,
+pub fn classifier_free_guidance<T: DdimFloat, D: Dimension>(
+    uncond: &ArrayRef<T, D>,
+    text: &ArrayRef<T, D>,
     guidance_scale: f64,
     guidance_rescale: f64,
-) -> Result<Array<T, D>, DdimError>
-where
-    T: DdimFloat,
-    S1: Data<Elem = T>,
-    S2: Data<Elem = T>,
-    D: Dimension,
-{
+) -> Result<Array<T, D>, DdimError> {
     let guidance = Guidance::new(uncond, text, guidance_scale, guidance_rescale)?;
     let mut out = Array::from_elem(uncond.raw_dim(), T::ZERO);
     guidance.apply(uncond.view(), text.view(), out.view_mut());
@@ -133,38 +126,17 @@ where
 /// assert_eq!(guided, ddim::classifier_free_guidance(&uncond, &text, 5.0, 0.7)?);
 /// # Ok::<(), ddim::DdimError>(())
 /// ```
-pub fn classifier_free_guidance_into<T, S1, S2, S3, D>(
-    uncond: &ArrayBase<S1, D>,
-    text: &ArrayBase<S2, D>,
+pub fn classifier_free_guidance_into<T: DdimFloat, D: Dimension>(
+    uncond: &ArrayRef<T, D>,
+    text: &ArrayRef<T, D>,
     guidance_scale: f64,
     guidance_rescale: f64,
-    out: &mut ArrayBase<S3, D>,
-) -> Result<(), DdimError>
-where
-    T: DdimFloat,
-    S1: Data<Elem = T>,
-    S2: Data<Elem = T>,
-    S3: DataMut<Elem = T>,
-    D: Dimension,
-{
+    out: &mut ArrayRef<T, D>,
+) -> Result<(), DdimError> {
     let guidance = Guidance::new(uncond, text, guidance_scale, guidance_rescale)?;
-    same_shape("out", out.shape(), uncond.shape())?;
+    same_shape("out", out.shape(), "uncond", uncond.shape())?;
     guidance.apply(uncond.view(), text.view(), out.view_mut());
     Ok(())
-}
-
-/// Checks that the array called `name` has the shape of `uncond`.
-fn same_shape(name: &'static str, found: &[usize], expected: &[usize]) -> Result<(), DdimError> {
-    if found == expected {
-        Ok(())
-    } else {
-        Err(DdimError::ShapeMismatch {
-            name,
-            found: found.to_vec(),
-            reference_name: "uncond",
-            expected: expected.to_vec(),
-        })
-    }
 }
 
 /// The validated scalars of one guidance call, rounded to the element type.
@@ -178,17 +150,12 @@ struct Guidance<T> {
 
 impl<T: DdimFloat> Guidance<T> {
     /// Validates the scalars and the inputs' shapes.
-    fn new<S1, S2, D>(
-        uncond: &ArrayBase<S1, D>,
-        text: &ArrayBase<S2, D>,
+    fn new<D: Dimension>(
+        uncond: &ArrayRef<T, D>,
+        text: &ArrayRef<T, D>,
         guidance_scale: f64,
         guidance_rescale: f64,
-    ) -> Result<Self, DdimError>
-    where
-        S1: Data<Elem = T>,
-        S2: Data<Elem = T>,
-        D: Dimension,
-    {
+    ) -> Result<Self, DdimError> {
         if !guidance_scale.is_finite() {
             return Err(DdimError::InvalidGuidance {
                 parameter: "guidance_scale",
@@ -217,7 +184,7 @@ impl<T: DdimFloat> Guidance<T> {
                 required,
             });
         }
-        same_shape("text", text.shape(), uncond.shape())?;
+        same_shape("text", text.shape(), "uncond", uncond.shape())?;
         Ok(Guidance {
             // torch multiplies a float32 tensor by a Python float rounded to float32, and
             // computes `1 - guidance_rescale` in double before rounding it.

@@ -74,27 +74,33 @@
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
 
+// The data flow, in dependency order: the config describes a noise schedule; the schedule and
+// the inference timesteps follow from it; a timestep becomes the scalars of one update
+// (coefficients), which the kernel applies in one pass (thresholding finds a per-item bound
+// first). Noise sources, guidance and the scheduler's calls sit around that line.
+mod checks;
+mod coefficients;
 mod config;
 mod error;
 mod float;
 mod guidance;
 mod kernel;
+mod noise;
 mod schedule;
 mod scheduler;
-mod step;
 mod threshold;
 mod timesteps;
-mod torch_rng;
 
 pub use ndarray;
+pub use rand;
 
+pub use coefficients::StepScalars;
 pub use config::{BetaSchedule, DdimConfig, PredictionType, TimestepSpacing, MAX_TRAIN_TIMESTEPS};
 pub use error::DdimError;
 pub use float::DdimFloat;
 pub use guidance::{classifier_free_guidance, classifier_free_guidance_into};
-pub use scheduler::{DdimScheduler, StepScalars};
-pub use step::{DdimSchedulerOutput, StepOptions};
-pub use torch_rng::{TorchCpuKernel, TorchGenerator};
+pub use noise::{NoiseSource, TorchCpuKernel, TorchGenerator};
+pub use scheduler::{DdimScheduler, DdimSchedulerOutput, StepOptions};
 
 /// The README's examples, compiled and run as doc tests.
 #[cfg(doctest)]

@@ -1,12 +1,38 @@
 //! The training noise schedule: `betas`, `alphas_cumprod` and the zero-terminal-SNR rescale.
 //!
+//! Pure maths on numbers: this module does not know the config. [`DdimConfig`](crate::DdimConfig)
+//! describes a schedule ([`BetaSource`] and two flags) and builds it here, turning a
+//! [`ScheduleProblem`] into an error that names its keys.
+//!
 //! Every table is float32 and is computed with the same roundings as the reference, so that the
 //! tables agree with diffusers' to the last bit or within one ulp (see the notes on each function).
 
-use crate::config::{BetaSchedule, DdimConfig};
-use crate::DdimError;
+/// Where the betas come from.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum BetaSource<'a> {
+    /// Explicit betas, rounded to float32.
+    Trained(&'a [f64]),
+    /// `n` betas evenly spaced from `start` to `end` (`"linear"`).
+    Linear { start: f64, end: f64, n: usize },
+    /// The squares of `n` values evenly spaced from `sqrt(start)` to `sqrt(end)`
+    /// (`"scaled_linear"`).
+    ScaledLinear { start: f64, end: f64, n: usize },
+    /// The cosine schedule of Nichol and Dhariwal (`"squaredcos_cap_v2"`).
+    Cosine { n: usize },
+}
 
-/// The float32 tables of a configured model.
+/// Why a schedule cannot be used.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum ScheduleProblem {
+    /// A float32 beta outside `[0, 1)`.
+    BetaOutOfRange { index: usize, beta: f32 },
+    /// The zero-terminal-SNR rescale is undefined: `alpha_bar` ends flat.
+    FlatTail,
+    /// `alpha_bar` underflows to 0 before the last timestep.
+    SignalLost { timestep: usize },
+}
+
+/// The float32 tables of a model's noise schedule.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Schedule {
     /// `beta_t` for `t` in `0..num_train_timesteps`.
@@ -18,48 +44,48 @@ pub(crate) struct Schedule {
 }
 
 impl Schedule {
-    /// Builds the tables of a validated config.
+    /// Builds the tables.
     ///
     /// # Errors
     ///
-    /// [`DdimError::InvalidConfig`] when the config's fields are invalid, when a beta falls
-    /// outside `[0, 1)` in float32, when `alpha_bar` underflows to 0 before the last timestep, or
-    /// when the zero-terminal-SNR rescale is undefined (`alpha_bar` ends flat, so the rescaled
-    /// betas are 0/0).
-    pub(crate) fn new(config: &DdimConfig) -> Result<Self, DdimError> {
-        config.validate_fields()?;
-        let t = config.num_train_timesteps;
-        let mut betas = match (&config.trained_betas, config.beta_schedule) {
-            (Some(trained), _) => trained.iter().map(|&b| b as f32).collect(),
-            (None, BetaSchedule::Linear) => {
-                torch_linspace_f32(config.beta_start as f32, config.beta_end as f32, t)
+    /// A [`ScheduleProblem`] when a beta falls outside `[0, 1)` in float32, when the
+    /// zero-terminal-SNR rescale is undefined, or when `alpha_bar` underflows to 0 before the
+    /// last timestep (from there on a step would divide by `sqrt(alpha_bar) = 0`; a zero at the
+    /// last timestep is what zero-terminal-SNR schedules are made for).
+    pub(crate) fn new(
+        source: BetaSource<'_>,
+        rescale_zero_snr: bool,
+        set_alpha_to_one: bool,
+    ) -> Result<Self, ScheduleProblem> {
+        let mut betas = match source {
+            BetaSource::Trained(trained) => trained.iter().map(|&b| b as f32).collect(),
+            BetaSource::Linear { start, end, n } => torch_linspace_f32(start as f32, end as f32, n),
+            BetaSource::ScaledLinear { start, end, n } => {
+                torch_linspace_f32(start.sqrt() as f32, end.sqrt() as f32, n)
+                    .into_iter()
+                    .map(|b| b * b)
+                    .collect()
             }
-            (None, BetaSchedule::ScaledLinear) => torch_linspace_f32(
-                config.beta_start.sqrt() as f32,
-                config.beta_end.sqrt() as f32,
-                t,
-            )
-            .into_iter()
-            .map(|b| b * b)
-            .collect(),
-            (None, BetaSchedule::SquaredcosCapV2) => cosine_betas(t),
+            BetaSource::Cosine { n } => cosine_betas(n),
         };
-        check_betas(&betas, config)?;
-        if config.rescale_betas_zero_snr {
+        if let Some((index, &beta)) = betas
+            .iter()
+            .enumerate()
+            .find(|(_, b)| !(0.0..1.0).contains(*b))
+        {
+            return Err(ScheduleProblem::BetaOutOfRange { index, beta });
+        }
+        if rescale_zero_snr {
             betas = rescale_zero_terminal_snr(&betas)
                 .filter(|rescaled| rescaled.iter().all(|b| b.is_finite()))
-                .ok_or_else(|| {
-                    DdimError::config(
-                        "rescale_betas_zero_snr",
-                        true,
-                        "false for a schedule whose alpha_bar ends flat (zero betas at the end), \
-                         which the rescale would turn into 0/0",
-                    )
-                })?;
+                .ok_or(ScheduleProblem::FlatTail)?;
         }
         let alphas_cumprod = cumprod_f32(betas.iter().map(|&b| 1.0 - b));
-        check_signal_left(&alphas_cumprod, config)?;
-        let final_alpha_cumprod = if config.set_alpha_to_one {
+        let last = alphas_cumprod.len().saturating_sub(1);
+        if let Some(timestep) = alphas_cumprod[..last].iter().position(|&a| a <= 0.0) {
+            return Err(ScheduleProblem::SignalLost { timestep });
+        }
+        let final_alpha_cumprod = if set_alpha_to_one {
             1.0
         } else {
             alphas_cumprod.first().copied().unwrap_or(1.0)
@@ -72,58 +98,13 @@ impl Schedule {
     }
 }
 
-/// Rejects computed betas outside `[0, 1)`, naming the config keys that produced them.
-fn check_betas(betas: &[f32], config: &DdimConfig) -> Result<(), DdimError> {
-    let Some(i) = betas.iter().position(|b| !(0.0..1.0).contains(b)) else {
-        return Ok(());
-    };
-    Err(if config.trained_betas.is_some() {
-        DdimError::config(
-            format!("trained_betas[{i}]"),
-            format!("{} once rounded to float32", betas[i]),
-            "in [0, 1)",
-        )
-    } else {
-        DdimError::config(
-            "beta_start/beta_end",
-            format!(
-                "{}/{} (giving beta[{i}] = {} with the {} schedule)",
-                config.beta_start, config.beta_end, betas[i], config.beta_schedule
-            ),
-            "a pair whose betas all lie in [0, 1)",
-        )
-    })
-}
-
-/// Rejects a schedule whose `alpha_bar` reaches 0 before the last timestep: from there on the
-/// step divides by `sqrt(alpha_bar) = 0`. (A zero at the last timestep is what zero-terminal-SNR
-/// schedules are made for.)
-fn check_signal_left(alphas_cumprod: &[f32], config: &DdimConfig) -> Result<(), DdimError> {
-    let last = alphas_cumprod.len().saturating_sub(1);
-    match alphas_cumprod[..last].iter().position(|&a| a <= 0.0) {
-        None => Ok(()),
-        Some(t) => Err(DdimError::config(
-            if config.trained_betas.is_some() {
-                "trained_betas"
-            } else {
-                "num_train_timesteps"
-            },
-            format!(
-                "{} with these betas (alpha_bar underflows to 0 at timestep {t} of {})",
-                config.num_train_timesteps, config.num_train_timesteps
-            ),
-            "a schedule that keeps some signal (alpha_bar > 0) before its last timestep",
-        )),
-    }
-}
-
 /// `n` evenly spaced float32 values from `start` to `end`, rounded as `torch.linspace` rounds.
 ///
 /// With `step = (end - start) / (n - 1)` in float32, entry `i` of the first half is
 /// `start + step * i` and entry `i` of the second half is `end - step * (n - 1 - i)`, each
 /// evaluated in double from the float32 operands and rounded once. Filling from both ends makes
 /// both endpoints exact.
-pub(crate) fn torch_linspace_f32(start: f32, end: f32, n: usize) -> Vec<f32> {
+fn torch_linspace_f32(start: f32, end: f32, n: usize) -> Vec<f32> {
     if n == 1 {
         return vec![start];
     }
@@ -147,7 +128,7 @@ pub(crate) fn torch_linspace_f32(start: f32, end: f32, n: usize) -> Vec<f32> {
 /// `beta_i = min(1 - alpha_bar((i + 1) / n) / alpha_bar(i / n), 0.999)` with
 /// `alpha_bar(s) = cos((s + 0.008) / 1.008 * pi / 2)^2`, evaluated in double and rounded to
 /// float32 once.
-pub(crate) fn cosine_betas(n: usize) -> Vec<f32> {
+fn cosine_betas(n: usize) -> Vec<f32> {
     const MAX_BETA: f64 = 0.999;
     let alpha_bar = |s: f64| {
         ((s + 0.008) / 1.008 * std::f64::consts::PI / 2.0)
@@ -165,7 +146,7 @@ pub(crate) fn cosine_betas(n: usize) -> Vec<f32> {
 
 /// Running product of float32 values, as `torch.cumprod` computes it: the running product is
 /// kept in double and each output is rounded to float32.
-pub(crate) fn cumprod_f32(values: impl IntoIterator<Item = f32>) -> Vec<f32> {
+fn cumprod_f32(values: impl IntoIterator<Item = f32>) -> Vec<f32> {
     let mut product = 1.0f64;
     values
         .into_iter()
@@ -183,7 +164,7 @@ pub(crate) fn cumprod_f32(values: impl IntoIterator<Item = f32>) -> Vec<f32> {
 /// is unchanged; the betas are then read back from the ratios of consecutive `alpha_bar`. The
 /// last beta becomes exactly 1. Returns `None` when the shift is undefined (`alpha_bar` is
 /// constant, so its first and last square roots are equal).
-pub(crate) fn rescale_zero_terminal_snr(betas: &[f32]) -> Option<Vec<f32>> {
+fn rescale_zero_terminal_snr(betas: &[f32]) -> Option<Vec<f32>> {
     let mut sqrt_bar: Vec<f32> = cumprod_f32(betas.iter().map(|&b| 1.0 - b))
         .into_iter()
         .map(f32::sqrt)

@@ -1,66 +1,25 @@
-//! [`DdimScheduler`]: turns a timestep into the scalars of the DDIM update and applies them.
+//! [`DdimScheduler`]: the model's noise schedule, the inference timesteps, and the calls that
+//! step a sample along them.
+//!
+//! - this file: construction, timesteps, and the scalars of a step ([`StepScalars`]);
+//! - `step`: the step calls, one per destination (new arrays, caller buffers, in place) and one
+//!   per different kind of step (inverse, per-item batch), all funnelled into the kernel;
+//! - `noising`: `add_noise` and `get_velocity`, the forward process.
 
 use std::path::Path;
 
-use ndarray::{Array, ArrayBase, ArrayView, Axis, Data, Dimension, Slice};
+use ndarray::{Array, ArrayRef, Dimension};
 
+use crate::coefficients::{check_eta, StepScalars};
 use crate::config::{DdimConfig, TimestepSpacing};
-use crate::kernel::weighted_sum;
 use crate::schedule::Schedule;
-use crate::step::StepOptions;
 use crate::timesteps::{check_custom, inference_timesteps};
 use crate::{DdimError, DdimFloat};
 
-/// The scalars of one DDIM step, in float32, computed with the reference's float32 operations.
-///
-/// [`DdimScheduler::step`] applies them to arrays; they are public for callers who apply the
-/// update themselves, for example on GPU tensors, and for checking a port against the
-/// reference. With `a = alpha_bar`, `a' = alpha_bar_prev` and `s = sigma`, the step is
-/// (DDIM paper eq. 12)
-///
-/// ```text
-/// x0   = (sample - sqrt(1 - a) * eps) / sqrt(a)          for epsilon prediction
-/// prev = sqrt(a') * x0 + direction * eps + s * noise,     direction = sqrt(1 - a' - s^2)
-/// ```
-///
-/// # Example
-///
-/// ```
-/// use ddim::{DdimConfig, DdimScheduler, StepOptions};
-///
-/// let mut scheduler = DdimScheduler::new(DdimConfig::default())?;
-/// scheduler.set_timesteps(10)?;
-/// let k = scheduler.step_scalars(900, &StepOptions::default())?;
-/// assert_eq!(k.prev_timestep, Some(800));
-/// assert_eq!(k.alpha_bar, scheduler.alphas_cumprod()[900]);
-/// assert_eq!(k.sigma, 0.0); // eta = 0
-/// assert!((k.direction - (1.0 - k.alpha_bar_prev).sqrt()).abs() < 1e-7);
-/// # Ok::<(), ddim::DdimError>(())
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct StepScalars {
-    /// The timestep stepped from.
-    pub timestep: usize,
-    /// The timestep stepped to, `timestep - num_train_timesteps / num_inference_steps`, or
-    /// `None` when that is below 0 (the last step, which moves to `final_alpha_cumprod`).
-    pub prev_timestep: Option<usize>,
-    /// `alpha_bar` at `timestep`.
-    pub alpha_bar: f32,
-    /// `alpha_bar` at `prev_timestep`, or [`DdimScheduler::final_alpha_cumprod`].
-    pub alpha_bar_prev: f32,
-    /// `sqrt(alpha_bar)`.
-    pub sqrt_alpha_bar: f32,
-    /// `sqrt(1 - alpha_bar)`.
-    pub sqrt_one_minus_alpha_bar: f32,
-    /// `sqrt(alpha_bar_prev)`.
-    pub sqrt_alpha_bar_prev: f32,
-    /// `sigma = eta * sqrt((1 - a') / (1 - a) * (1 - a / a'))` (DDIM paper eq. 16); 0 when
-    /// `eta == 0`.
-    pub sigma: f32,
-    /// `sqrt(1 - alpha_bar_prev - sigma^2)`, with the difference clamped at 0 where rounding
-    /// makes it negative (the reference returns NaN there).
-    pub direction: f32,
-}
+mod noising;
+mod step;
+
+pub use step::{DdimSchedulerOutput, StepOptions};
 
 /// The DDIM sampler, with the behaviour and numbers of diffusers' `DDIMScheduler`.
 ///
@@ -106,10 +65,22 @@ impl DdimScheduler {
     ///
     /// # Errors
     ///
-    /// [`DdimError::InvalidConfig`] when the config fails [`DdimConfig::validate`] or its betas
-    /// fall outside `[0, 1)`.
+    /// [`DdimError::InvalidConfig`] when the config fails [`DdimConfig::validate`] (a key out
+    /// of range, or a noise schedule that cannot be used).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use ddim::{DdimConfig, DdimScheduler, PredictionType};
+    ///
+    /// let config = DdimConfig { prediction_type: PredictionType::VPrediction, ..Default::default() };
+    /// let scheduler = DdimScheduler::new(config)?;
+    /// assert_eq!(scheduler.alphas_cumprod().len(), 1000);
+    /// assert!(DdimScheduler::new(DdimConfig { num_train_timesteps: 0, ..Default::default() }).is_err());
+    /// # Ok::<(), ddim::DdimError>(())
+    /// ```
     pub fn new(config: DdimConfig) -> Result<Self, DdimError> {
-        let schedule = Schedule::new(&config)?;
+        let schedule = config.schedule()?;
         Ok(DdimScheduler {
             config,
             schedule,
@@ -255,6 +226,20 @@ impl DdimScheduler {
     /// [`DdimError::TimestepsNotSet`], [`DdimError::TimestepOutOfRange`], and
     /// [`DdimError::TimestepNotInSchedule`] when steps move along a schedule that does not hold
     /// `timestep`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use ddim::{DdimConfig, DdimScheduler};
+    ///
+    /// let mut scheduler = DdimScheduler::new(DdimConfig::default())?;
+    /// scheduler.set_timesteps(10)?;
+    /// assert_eq!(scheduler.prev_timestep(900)?, Some(800));
+    /// assert_eq!(scheduler.prev_timestep(50)?, None); // the last step
+    /// scheduler.set_custom_timesteps(&[999, 600, 10])?;
+    /// assert_eq!(scheduler.prev_timestep(600)?, Some(10));
+    /// # Ok::<(), ddim::DdimError>(())
+    /// ```
     pub fn prev_timestep(&self, timestep: usize) -> Result<Option<usize>, DdimError> {
         let n = self.num_inference_steps.ok_or(DdimError::TimestepsNotSet)?;
         self.alpha_bar(timestep)?;
@@ -285,85 +270,24 @@ impl DdimScheduler {
 
     /// The model input at `timestep`: DDIM does not scale it, so this is a copy of `sample`.
     /// Call it anyway, so that the loop stays correct under other schedulers' conventions.
-    pub fn scale_model_input<T, S, D>(
-        &self,
-        sample: &ArrayBase<S, D>,
-        timestep: usize,
-    ) -> Array<T, D>
-    where
-        T: DdimFloat,
-        S: Data<Elem = T>,
-        D: Dimension,
-    {
-        let _ = timestep;
-        sample.to_owned()
-    }
-
-    /// Diffuses clean samples to the given timesteps, one per batch item (axis 0):
-    /// `sqrt(alpha_bar_t) * original_samples + sqrt(1 - alpha_bar_t) * noise` (DDPM eq. 4).
-    ///
-    /// The square roots are taken in the element type, as the reference does here.
-    ///
-    /// # Errors
-    ///
-    /// [`DdimError::ShapeMismatch`] when the shapes differ; [`DdimError::TooFewAxes`] for a
-    /// 0-dimensional array; [`DdimError::BatchSizeMismatch`] unless there is one timestep per
-    /// batch item; [`DdimError::TimestepOutOfRange`] for a timestep `>= num_train_timesteps`.
-    ///
-    /// # Example
     ///
     /// ```
-    /// use ddim::ndarray::array;
+    /// use ddim::ndarray::Array2;
     /// use ddim::{DdimConfig, DdimScheduler};
     ///
     /// let scheduler = DdimScheduler::new(DdimConfig::default())?;
-    /// let x0 = array![[1.0f32, -1.0], [0.5, 0.0]];
-    /// let noise = array![[0.0f32, 0.0], [1.0, 1.0]];
-    /// let noisy = scheduler.add_noise(&x0, &noise, &[0, 999])?;
-    /// assert!((noisy[[0, 0]] - 1.0).abs() < 1e-4); // almost no noise at t = 0
-    /// assert!((noisy[[1, 1]] - 1.0).abs() < 1e-2); // almost only noise at t = 999
+    /// let latents = Array2::<f32>::ones((1, 4));
+    /// assert_eq!(scheduler.scale_model_input(&latents, 999), latents);
     /// # Ok::<(), ddim::DdimError>(())
     /// ```
-    pub fn add_noise<T, S1, S2, D>(
+    #[must_use]
+    pub fn scale_model_input<T: DdimFloat, D: Dimension>(
         &self,
-        original_samples: &ArrayBase<S1, D>,
-        noise: &ArrayBase<S2, D>,
-        timesteps: &[usize],
-    ) -> Result<Array<T, D>, DdimError>
-    where
-        T: DdimFloat,
-        S1: Data<Elem = T>,
-        S2: Data<Elem = T>,
-        D: Dimension,
-    {
-        self.per_item_blend(
-            original_samples.view(),
-            noise.view(),
-            timesteps,
-            |sa, sb| (sa, sb),
-        )
-    }
-
-    /// The velocity target of v-prediction models for the given timesteps, one per batch item
-    /// (axis 0): `sqrt(alpha_bar_t) * noise - sqrt(1 - alpha_bar_t) * sample`
-    /// (Salimans and Ho 2022, section 4).
-    ///
-    /// # Errors
-    ///
-    /// As [`add_noise`](DdimScheduler::add_noise).
-    pub fn get_velocity<T, S1, S2, D>(
-        &self,
-        sample: &ArrayBase<S1, D>,
-        noise: &ArrayBase<S2, D>,
-        timesteps: &[usize],
-    ) -> Result<Array<T, D>, DdimError>
-    where
-        T: DdimFloat,
-        S1: Data<Elem = T>,
-        S2: Data<Elem = T>,
-        D: Dimension,
-    {
-        self.per_item_blend(sample.view(), noise.view(), timesteps, |sa, sb| (-sb, sa))
+        sample: &ArrayRef<T, D>,
+        timestep: usize,
+    ) -> Array<T, D> {
+        let _ = timestep;
+        sample.to_owned()
     }
 
     /// `alpha_bar` at a training timestep.
@@ -382,17 +306,29 @@ impl DdimScheduler {
     ///
     /// # Errors
     ///
-    /// [`DdimError::InvalidEta`], and as [`prev_timestep`](DdimScheduler::prev_timestep).
-    pub fn step_scalars(
-        &self,
-        timestep: usize,
-        options: &StepOptions,
-    ) -> Result<StepScalars, DdimError> {
-        let eta = options.checked_eta()?;
+    /// [`DdimError::InvalidEta`] for a negative or non-finite `eta`, and as
+    /// [`prev_timestep`](DdimScheduler::prev_timestep).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use ddim::{DdimConfig, DdimScheduler};
+    ///
+    /// let mut scheduler = DdimScheduler::new(DdimConfig::default())?;
+    /// scheduler.set_timesteps(50)?;
+    /// let deterministic = scheduler.step_scalars(500, 0.0)?;
+    /// let stochastic = scheduler.step_scalars(500, 1.0)?;
+    /// assert_eq!(deterministic.sigma, 0.0);
+    /// assert!(stochastic.sigma > 0.0 && stochastic.direction < deterministic.direction);
+    /// assert!(scheduler.step_scalars(500, -1.0).is_err());
+    /// # Ok::<(), ddim::DdimError>(())
+    /// ```
+    pub fn step_scalars(&self, timestep: usize, eta: f64) -> Result<StepScalars, DdimError> {
+        let eta = check_eta(eta)?;
         let prev_timestep = self.prev_timestep(timestep)?;
         let alpha_bar = self.alpha_bar(timestep)?;
         let alpha_bar_prev = self.alpha_bar_or_final(prev_timestep)?;
-        Ok(scalars(
+        Ok(StepScalars::between(
             timestep,
             prev_timestep,
             alpha_bar,
@@ -414,7 +350,13 @@ impl DdimScheduler {
         let source = self.prev_timestep(timestep)?;
         let alpha_bar = self.alpha_bar_or_final(source)?;
         let alpha_bar_prev = self.alpha_bar(timestep)?;
-        Ok(scalars(timestep, source, alpha_bar, alpha_bar_prev, 0.0))
+        Ok(StepScalars::between(
+            timestep,
+            source,
+            alpha_bar,
+            alpha_bar_prev,
+            0.0,
+        ))
     }
 
     /// `alpha_bar` at `timestep`, or the final (inversion: initial) one for `None`.
@@ -423,109 +365,5 @@ impl DdimScheduler {
             Some(t) => self.alpha_bar(t),
             None => Ok(self.schedule.final_alpha_cumprod),
         }
-    }
-
-    /// `w_a * a + w_b * b` per batch item, with `(w_a, w_b) = weights(sqrt(alpha_bar_t),
-    /// sqrt(1 - alpha_bar_t))` in the element type; `b` is the noise.
-    fn per_item_blend<T, D>(
-        &self,
-        a: ArrayView<'_, T, D>,
-        b: ArrayView<'_, T, D>,
-        timesteps: &[usize],
-        weights: impl Fn(T, T) -> (T, T),
-    ) -> Result<Array<T, D>, DdimError>
-    where
-        T: DdimFloat,
-        D: Dimension,
-    {
-        check_same_shape("noise", b.shape(), a.shape())?;
-        if a.ndim() == 0 {
-            return Err(DdimError::TooFewAxes {
-                operation: "per-batch-item timesteps (axis 0 is the batch)",
-                found: 0,
-                required: 1,
-            });
-        }
-        let batch_size = a.len_of(Axis(0));
-        if timesteps.len() != batch_size {
-            return Err(DdimError::BatchSizeMismatch {
-                count: timesteps.len(),
-                batch_size,
-            });
-        }
-        let alphas = timesteps
-            .iter()
-            .map(|&t| self.alpha_bar(t).map(T::from_f32))
-            .collect::<Result<Vec<T>, _>>()?;
-        let mut out = Array::from_elem(a.raw_dim(), T::ZERO);
-        for (i, alpha) in alphas.into_iter().enumerate() {
-            let item = Slice::from(i..=i);
-            let (wa, wb) = weights(alpha.sqrt(), (T::ONE - alpha).sqrt());
-            weighted_sum(
-                wa,
-                a.slice_axis(Axis(0), item),
-                wb,
-                b.slice_axis(Axis(0), item),
-                out.slice_axis_mut(Axis(0), item),
-            );
-        }
-        Ok(out)
-    }
-}
-
-/// The scalars of a step between two noise levels, with the reference's float32 operations.
-fn scalars(
-    timestep: usize,
-    prev_timestep: Option<usize>,
-    alpha_bar: f32,
-    alpha_bar_prev: f32,
-    eta: f64,
-) -> StepScalars {
-    let beta = 1.0 - alpha_bar;
-    let beta_prev = 1.0 - alpha_bar_prev;
-    // Not evaluated at eta = 0, where sigma is 0 whatever the tables.
-    let sigma = if eta > 0.0 {
-        let variance = non_negative((beta_prev / beta) * (1.0 - alpha_bar / alpha_bar_prev));
-        eta as f32 * variance.sqrt()
-    } else {
-        0.0
-    };
-    StepScalars {
-        timestep,
-        prev_timestep,
-        alpha_bar,
-        alpha_bar_prev,
-        sqrt_alpha_bar: alpha_bar.sqrt(),
-        sqrt_one_minus_alpha_bar: beta.sqrt(),
-        sqrt_alpha_bar_prev: alpha_bar_prev.sqrt(),
-        sigma,
-        direction: non_negative(beta_prev - sigma * sigma).sqrt(),
-    }
-}
-
-/// Clamps a value that can only be negative through rounding to 0 (NaN passes through).
-fn non_negative(x: f32) -> f32 {
-    if x < 0.0 {
-        0.0
-    } else {
-        x
-    }
-}
-
-/// Checks that `found` (of the array called `name`) equals the sample's shape.
-pub(crate) fn check_same_shape(
-    name: &'static str,
-    found: &[usize],
-    expected: &[usize],
-) -> Result<(), DdimError> {
-    if found == expected {
-        Ok(())
-    } else {
-        Err(DdimError::ShapeMismatch {
-            name,
-            found: found.to_vec(),
-            reference_name: "sample",
-            expected: expected.to_vec(),
-        })
     }
 }

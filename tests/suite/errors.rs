@@ -1,9 +1,7 @@
 //! Every way of misusing the crate must come back as a `DdimError` (never a panic), with the
 //! variant that names the problem and a message that says what was wrong and what is accepted.
 
-mod common;
-
-use common::ScratchDir;
+use crate::common::ScratchDir;
 
 use ddim::ndarray::{Array, Array0, Array1, Array2, Array4, ArrayD, IxDyn};
 use ddim::{DdimConfig, DdimError, DdimScheduler, StepOptions, MAX_TRAIN_TIMESTEPS};

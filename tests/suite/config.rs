@@ -1,12 +1,10 @@
 //! `DdimConfig`: its defaults, reading the `scheduler_config.json` files real models ship, the
 //! JSON spelling of every enum value, and writing configs back without losing anything.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-use common::{fixture_path, ScratchDir, CONFIG_KEYS};
+use crate::common::{fixture_path, ScratchDir, CONFIG_KEYS};
 use ddim::{BetaSchedule, DdimConfig, DdimError, DdimScheduler, PredictionType, TimestepSpacing};
 use serde_json::Value;
 

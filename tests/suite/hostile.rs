@@ -6,8 +6,6 @@
 //! The second half pins the crate's policy for NaN and infinite array values: they propagate as
 //! the reference's formulas propagate them, element by element, with no error.
 
-mod common;
-
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 
@@ -25,7 +23,7 @@ use serde_json::{json, Map, Number, Value};
 // Vocabulary
 // ---------------------------------------------------------------------------------------------
 
-const REAL_KEYS: [&str; 16] = common::CONFIG_KEYS;
+const REAL_KEYS: [&str; 16] = crate::common::CONFIG_KEYS;
 
 const JUNK_KEYS: [&str; 12] = [
     "_class_name",

@@ -6,11 +6,9 @@
 //! `python scripts/generate_golden.py` in a virtual environment holding
 //! `diffusers==0.42.1 torch numpy`. Tolerances are those the crate promises in its README.
 
-mod common;
-
 use std::convert::Infallible;
 
-use common::{
+use crate::common::{
     assert_close, assert_close_with_allowance, cases, golden, inputs, name, scheduler, tensor,
     Tensor,
 };
@@ -670,7 +668,7 @@ fn written_configs() -> Vec<(String, ddim::DdimConfig)> {
             },
         ),
     ];
-    let dir = common::fixture_path("configs");
+    let dir = crate::common::fixture_path("configs");
     let mut real: Vec<_> = std::fs::read_dir(&dir)
         .expect("configs folder")
         .map(|entry| entry.expect("entry").path())
@@ -696,7 +694,7 @@ fn written_configs() -> Vec<(String, ddim::DdimConfig)> {
 fn written_configs_are_what_the_crate_writes() {
     let bless = std::env::var_os("DDIM_BLESS").is_some();
     for (name, config) in written_configs() {
-        let path = common::fixture_path(&format!("written/{name}.json"));
+        let path = crate::common::fixture_path(&format!("written/{name}.json"));
         let text = config.to_json_string().expect("valid config") + "\n";
         if bless {
             std::fs::write(&path, &text).expect("write");

@@ -4,10 +4,9 @@
 //!
 //! Every random draw is seeded, so the distances, and therefore the test, are deterministic.
 
-#[path = "../examples/shared/paper_experiment.rs"]
-mod paper_experiment;
-
-use paper_experiment::{directions, rng, sample_ddim, scheduler, sliced_wasserstein, Mixture};
+use crate::paper_experiment::{
+    directions, rng, sample_ddim, scheduler, sliced_wasserstein, Mixture,
+};
 
 const POINTS: usize = 2000;
 

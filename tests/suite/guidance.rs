@@ -2,9 +2,7 @@
 //! and `rescale_noise_cfg` (fixture written by `scripts/golden_guidance.py`), every error,
 //! empty arrays, undefined standard deviations, layouts, and the `_into` form.
 
-mod common;
-
-use common::{assert_close, cases, golden, inputs, name, tensor, Tensor};
+use crate::common::{assert_close, cases, golden, inputs, name, tensor, Tensor};
 use ddim::ndarray::{
     arr0, array, s, Array, Array1, Array2, Array3, Array4, ArrayD, ArrayView, Axis, Dimension,
     IxDyn, ShapeBuilder,

@@ -1,6 +1,5 @@
 //! Shared helpers of the integration tests: reading the golden fixtures written by
 //! `scripts/generate_golden.py` and comparing arrays with a tolerance.
-#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -1,12 +1,9 @@
 //! What the crate does beyond the reference: inversion that round-trips, steps that follow the
 //! schedule, custom and quadratic schedules.
 
-#[path = "../examples/shared/paper_experiment.rs"]
-mod paper_experiment;
-
+use crate::paper_experiment::{rng, Mixture};
 use ddim::ndarray::Array2;
 use ddim::{DdimConfig, DdimError, DdimScheduler, StepOptions, TimestepSpacing};
-use paper_experiment::{rng, Mixture};
 
 /// Inverts data to noise with the exact model of the Gaussian-mixture experiment, samples back,
 /// and returns the root-mean-square distance to where it started.

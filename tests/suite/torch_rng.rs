@@ -9,9 +9,7 @@
 //! 4 units in the last place elsewhere); the other kernel within the bound measured in
 //! `other_kernel_is_within_the_stated_bound`; loop trajectories within `1e-4 + 1e-4 * |reference|`.
 
-mod common;
-
-use common::{assert_close, cases, golden, inputs, name, tensor, Tensor};
+use crate::common::{assert_close, cases, golden, inputs, name, tensor, Tensor};
 use ddim::ndarray::{concatenate, Array, ArrayD, Axis, IxDyn, ShapeBuilder};
 use ddim::{
     DdimError, DdimFloat, DdimScheduler, DdimSchedulerOutput, StepOptions, TorchCpuKernel,
@@ -333,7 +331,7 @@ struct LoopResult<T> {
 /// step with the generator's noise.
 fn run_loop<T: DdimFloat>(case: &Value, base: &ArrayD<T>) -> LoopResult<T> {
     let label = name(case);
-    let mut s: DdimScheduler = common::scheduler(case);
+    let mut s: DdimScheduler = crate::common::scheduler(case);
     let steps = case["num_inference_steps"].as_u64().expect("steps") as usize;
     s.set_timesteps(steps).expect("set_timesteps");
     let reference_timesteps: Vec<usize> =
@@ -479,7 +477,7 @@ fn documented_recipes_give_the_same_bits_as_step_with_generator() {
         .iter()
         .find(|c| name(c) == "sd_eta0p5_seed42")
         .expect("loop case");
-    let mut s = common::scheduler(case);
+    let mut s = crate::common::scheduler(case);
     s.set_timesteps(20).expect("steps");
     let options = StepOptions {
         eta: 0.5,

@@ -2,9 +2,7 @@
 //! `DDIMInverseScheduler` and per-item timesteps against `DDIMParallelScheduler`
 //! (diffusers 0.42.1; fixtures written by `scripts/generate_golden.py`).
 
-mod common;
-
-use common::{assert_close, cases, golden, inputs, name, scheduler, tensor};
+use crate::common::{assert_close, cases, golden, inputs, name, scheduler, tensor};
 use ddim::ndarray::ArrayD;
 use ddim::DdimScheduler;
 use serde_json::Value;

@@ -1,0 +1,1 @@
+//! Benchmarks of the `ddim` crate; the code is in `benches/`.

@@ -1,0 +1,174 @@
+//! The single pass that applies [`element`] to whole arrays: over plain slices, block by
+//! block, when every array is contiguous and row-major (loops the compiler vectorises), and
+//! through `Zip` over dynamic-dimension views otherwise.
+
+use ndarray::Zip;
+
+use super::update::{element, with_prediction, Update, X0Bounds};
+use super::{Noise, Target};
+use crate::DdimFloat;
+
+/// The pass for whatever instruction set the caller was compiled for; `#[inline(always)]` so
+/// that the AVX2 copy in [`super`] gets its own code.
+#[inline(always)]
+pub(super) fn portable<T: DdimFloat>(
+    u: &Update<T>,
+    bounds: &X0Bounds<T>,
+    model_output: ndarray::ArrayViewD<'_, T>,
+    target: Target<'_, T>,
+    noise: Noise<'_, T>,
+) {
+    let bound_x0 = !bounds.is_unbounded();
+    // One instance of the loop per combination of the formulas' terms.
+    macro_rules! run {
+        ($p:ty, $eps_from_x0:literal, $bound:literal) => {
+            for_each_element(model_output, target, noise, |s, m, z| {
+                element::<T, $p, $eps_from_x0, $bound>(u, bounds, s, m, z)
+            })
+        };
+    }
+    with_prediction!(u.prediction, P => match (u.eps_from_clamped_x0, bound_x0) {
+        (false, false) => run!(P, false, false),
+        (false, true) => run!(P, false, true),
+        (true, false) => run!(P, true, false),
+        (true, true) => run!(P, true, true),
+    })
+}
+
+/// Elements per block of the contiguous path. The noise of a block is gathered into a small
+/// buffer first (drawn from the generator, or zeros), so that the arithmetic over every block is
+/// one vectorised loop even when the noise comes from a generator one value at a time.
+pub(super) const BLOCK: usize = 256;
+
+/// The noise of the contiguous path, handed out block by block.
+struct NoiseBlocks<'a, T> {
+    /// Given noise not yet handed out.
+    given: Option<&'a [T]>,
+    /// The generator of drawn noise.
+    draw: Option<&'a mut dyn FnMut(&mut [T])>,
+    /// Drawn noise of the current block, or zeros.
+    buffer: [T; BLOCK],
+}
+
+impl<'a, T: DdimFloat> NoiseBlocks<'a, T> {
+    /// `None` when given noise is not one contiguous row-major slice.
+    fn new(noise: &'a mut Noise<'_, T>) -> Option<Self> {
+        let (given, draw) = match noise {
+            Noise::Given(z) => (Some(z.as_slice()?), None),
+            Noise::Drawn(draw) => (None, Some(&mut **draw as &mut dyn FnMut(&mut [T]))),
+            Noise::Zero => (None, None),
+        };
+        Some(NoiseBlocks {
+            given,
+            draw,
+            buffer: [T::ZERO; BLOCK],
+        })
+    }
+
+    /// Whether there is no noise at all (deterministic steps).
+    fn is_zero(&self) -> bool {
+        self.given.is_none() && self.draw.is_none()
+    }
+
+    /// The noise of the next `len <= BLOCK` elements.
+    #[inline(always)]
+    fn next(&mut self, len: usize) -> &[T] {
+        if let Some(given) = &mut self.given {
+            let (head, tail) = given.split_at(len.min(given.len()));
+            *given = tail;
+            return head;
+        }
+        let block = &mut self.buffer[..len.min(BLOCK)];
+        if let Some(draw) = &mut self.draw {
+            draw(block);
+        }
+        block
+    }
+}
+
+/// Runs `element(sample, model_output, noise) -> (prev, x0)` over every element and stores the
+/// results in `target`.
+#[inline(always)]
+fn for_each_element<T: DdimFloat>(
+    model_output: ndarray::ArrayViewD<'_, T>,
+    target: Target<'_, T>,
+    mut noise: Noise<'_, T>,
+    element: impl Fn(T, T, T) -> (T, T),
+) {
+    let m = &model_output;
+    match target {
+        Target::Separate {
+            sample: s,
+            prev_sample: mut p,
+            pred_original_sample: mut x,
+        } => {
+            if let (Some(ps), Some(xs), Some(ss), Some(ms), Some(mut zs)) = (
+                p.as_slice_mut(),
+                x.as_slice_mut(),
+                s.as_slice(),
+                m.as_slice(),
+                NoiseBlocks::new(&mut noise),
+            ) {
+                if zs.is_zero() {
+                    // No noise stream at all: the leanest loop.
+                    for ((p, x), (&s, &m)) in ps.iter_mut().zip(xs).zip(ss.iter().zip(ms)) {
+                        (*p, *x) = element(s, m, T::ZERO);
+                    }
+                    return;
+                }
+                let blocks = ps.chunks_mut(BLOCK).zip(xs.chunks_mut(BLOCK));
+                for ((p, x), (s, m)) in blocks.zip(ss.chunks(BLOCK).zip(ms.chunks(BLOCK))) {
+                    let z = zs.next(s.len());
+                    for ((p, x), ((&s, &m), &z)) in p.iter_mut().zip(x).zip(s.iter().zip(m).zip(z))
+                    {
+                        (*p, *x) = element(s, m, z);
+                    }
+                }
+                return;
+            }
+            let zip = Zip::from(&mut p).and(&mut x).and(&s).and(m);
+            match noise {
+                Noise::Given(z) => zip
+                    .and(&z)
+                    .for_each(|p, x, &s, &m, &z| (*p, *x) = element(s, m, z)),
+                Noise::Drawn(draw) => zip.for_each(|p, x, &s, &m| {
+                    (*p, *x) = element(s, m, draw_one(draw));
+                }),
+                Noise::Zero => zip.for_each(|p, x, &s, &m| (*p, *x) = element(s, m, T::ZERO)),
+            }
+        }
+        Target::InPlace(mut s) => {
+            if let (Some(ss), Some(ms), Some(mut zs)) =
+                (s.as_slice_mut(), m.as_slice(), NoiseBlocks::new(&mut noise))
+            {
+                if zs.is_zero() {
+                    for (s, &m) in ss.iter_mut().zip(ms) {
+                        *s = element(*s, m, T::ZERO).0;
+                    }
+                    return;
+                }
+                for (s, m) in ss.chunks_mut(BLOCK).zip(ms.chunks(BLOCK)) {
+                    let z = zs.next(s.len());
+                    for ((s, &m), &z) in s.iter_mut().zip(m).zip(z) {
+                        *s = element(*s, m, z).0;
+                    }
+                }
+                return;
+            }
+            let zip = Zip::from(&mut s).and(m);
+            match noise {
+                Noise::Given(z) => zip.and(&z).for_each(|s, &m, &z| *s = element(*s, m, z).0),
+                Noise::Drawn(draw) => zip.for_each(|s, &m| *s = element(*s, m, draw_one(draw)).0),
+                Noise::Zero => zip.for_each(|s, &m| *s = element(*s, m, T::ZERO).0),
+            }
+        }
+    }
+}
+
+/// One value from a block-filling generator.
+#[inline(always)]
+fn draw_one<T: DdimFloat>(draw: &mut dyn FnMut(&mut [T])) -> T {
+    let mut one = [T::ZERO];
+    draw(&mut one);
+    one[0]
+}
