@@ -22,7 +22,7 @@ use std::io::Write as _;
 use std::time::Instant;
 
 use ddim::ndarray::Array2;
-use ddim::{DdimConfig, DdimError, DdimScheduler, TimestepSpacing};
+use ddim::{DdimConfig, DdimError, DdimScheduler, StepOptions, TimestepSpacing};
 use paper_experiment::{directions, rng, sample_ddim, scheduler, sliced_wasserstein, Mixture};
 
 const STEPS: [usize; 5] = [10, 20, 50, 100, 1000];
@@ -186,7 +186,7 @@ fn sample_on_schedule(
     });
     for &t in scheduler.timesteps() {
         let eps = mixture.exact_epsilon(&x, f64::from(scheduler.alphas_cumprod()[t]));
-        scheduler.step_in_place(&eps, t, &mut x)?;
+        scheduler.step_in_place(&eps, t, &mut x, StepOptions::default())?;
     }
     Ok(x)
 }

@@ -33,6 +33,52 @@
 //! # Ok::<(), ddim::DdimError>(())
 //! ```
 //!
+//! # The shape of the API
+//!
+//! One scheduler, [`DdimScheduler`], and one call per destination of a step's result:
+//!
+//! | call | result goes to |
+//! | --- | --- |
+//! | [`step`](DdimScheduler::step) / [`step_with`](DdimScheduler::step_with) | new arrays ([`DdimSchedulerOutput`]) |
+//! | [`step_into`](DdimScheduler::step_into) | the caller's buffers, without allocating |
+//! | [`step_in_place`](DdimScheduler::step_in_place) | the sample itself, without allocating |
+//!
+//! plus one call per genuinely different step: [`inverse_step`](DdimScheduler::inverse_step)
+//! (DDIM inversion) and [`step_batch`](DdimScheduler::step_batch) (one timestep per batch item).
+//! How to step is a value, [`StepOptions`]: `eta`, `use_clipped_model_output` and the
+//! [`NoiseSource`] of a stochastic step (an array you drew, a [`rand`] generator, or
+//! [`TorchGenerator`], PyTorch's generator). This is the reference's one `step` with keyword
+//! arguments, in Rust: adding a noise source or a destination adds one variant or one method,
+//! not a method for every combination.
+//!
+//! Arrays are taken as `&ArrayRef<T, D>` (and `&mut ArrayRef<T, D>` for buffers), ndarray's
+//! way of accepting owned arrays, views and shared arrays alike, of any dimensionality and
+//! memory layout, with `T` either `f32` or `f64` ([`DdimFloat`]). Inside, every step is the same
+//! per-element update with other scalars ([`StepScalars`]), applied by one kernel compiled once
+//! per element type.
+//!
+//! ```
+//! use ddim::ndarray::Array2;
+//! use ddim::{DdimConfig, DdimScheduler, DdimSchedulerOutput, NoiseSource, StepOptions};
+//! use rand::SeedableRng;
+//!
+//! let mut scheduler = DdimScheduler::new(DdimConfig::default())?;
+//! scheduler.set_timesteps(10)?;
+//! let (eps, mut x) = (Array2::<f32>::from_elem((2, 8), 0.1), Array2::<f32>::ones((2, 8)));
+//! let t = scheduler.timesteps()[0];
+//!
+//! let new = scheduler.step(&eps, t, &x)?; // new arrays, deterministic
+//! let mut out = DdimSchedulerOutput::zeros(x.raw_dim());
+//! let (prev, x0) = (&mut out.prev_sample, &mut out.pred_original_sample);
+//! scheduler.step_into(&eps, t, &x, StepOptions::default(), prev, x0)?; // your buffers
+//! assert_eq!(out, new);
+//!
+//! let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+//! let options = StepOptions { eta: 1.0, noise: NoiseSource::Rng(&mut rng), ..Default::default() };
+//! scheduler.step_in_place(&eps, t, &mut x, options)?; // in place, stochastic
+//! # Ok::<(), ddim::DdimError>(())
+//! ```
+//!
 //! # What it reproduces
 //!
 //! Every option of the reference: the `linear`, `scaled_linear` and `squaredcos_cap_v2` beta
@@ -70,6 +116,15 @@
 //!
 //! Array methods accept `f32` and `f64` ([`DdimFloat`]). The schedule tables are float32 as in the
 //! reference; with `f64` arrays the per-element arithmetic runs in double.
+//!
+//! # Layout of the source
+//!
+//! Data flows one way: `config` (the keys and their validation) describes a noise schedule,
+//! which `schedule` computes; `timesteps` picks the inference timesteps; `coefficients` turns a
+//! timestep and the options into the scalars of one update; `kernel` applies them to arrays in
+//! one pass (`threshold` first finds the per-item bound of dynamic thresholding). `noise` holds
+//! the noise sources (with PyTorch's generator in `noise/torch`), `guidance` the pipelines'
+//! classifier-free guidance, and `scheduler` the public calls that tie them together.
 
 #![deny(missing_docs)]
 #![deny(unsafe_code)]

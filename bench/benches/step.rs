@@ -14,7 +14,7 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ddim::ndarray::{Array4, Axis};
 use ddim::{
-    BetaSchedule, DdimConfig, DdimScheduler, DdimSchedulerOutput, PredictionType, StepOptions,
+    BetaSchedule, DdimConfig, DdimScheduler, DdimSchedulerOutput, NoiseSource, PredictionType, StepOptions,
     StepScalars,
 };
 use rand::rngs::SmallRng;
@@ -128,17 +128,25 @@ fn op_by_op(
     (prev, x0)
 }
 
+/// The options of a benchmarked step: the deterministic configurations draw nothing; `eta1_rng`
+/// draws from `rng`.
+fn options(eta: f64, rng: &mut SmallRng) -> StepOptions<'_, f32> {
+    StepOptions {
+        eta,
+        noise: NoiseSource::Rng(rng),
+        ..StepOptions::default()
+    }
+}
+
 fn bench_step(c: &mut Criterion) {
     let mut rng = SmallRng::seed_from_u64(0);
     for case in cases() {
         let mut scheduler = DdimScheduler::new(case.config.clone()).expect("valid config");
         scheduler.set_timesteps(50).expect("valid step count");
         let t = scheduler.timesteps()[10];
-        let options = StepOptions {
-            eta: case.eta,
-            ..StepOptions::default()
-        };
-        let scalars = scheduler.step_scalars(t, &options).expect("valid step");
+        let scalars = scheduler.step_scalars(t, case.eta).expect("valid step");
+        // The deterministic configurations draw nothing; `eta1_rng` draws from `rng`.
+        let eta = case.eta;
 
         let mut group = c.benchmark_group(case.name);
         for shape in SHAPES {
@@ -152,12 +160,10 @@ fn bench_step(c: &mut Criterion) {
                 group.sample_size(20);
             }
 
-            // The deterministic configurations go through `step` and `step_into` themselves;
-            // `eta1_rng` through their `_with_rng` forms (which, at eta = 0, are the same).
             group.bench_function(BenchmarkId::new("step", &label), |b| {
                 b.iter(|| {
                     scheduler
-                        .step_with_rng(&model_output, t, black_box(&sample), &options, &mut rng)
+                        .step_with(&model_output, t, black_box(&sample), options(eta, &mut rng))
                         .expect("step")
                 })
             });
@@ -165,13 +171,13 @@ fn bench_step(c: &mut Criterion) {
             group.bench_function(BenchmarkId::new("step_into", &label), |b| {
                 b.iter(|| {
                     scheduler
-                        .step_into_with_rng(
+                        .step_into(
                             &model_output,
                             t,
                             black_box(&sample),
-                            &options,
-                            &mut rng,
-                            &mut out,
+                            options(eta, &mut rng),
+                            &mut out.prev_sample,
+                            &mut out.pred_original_sample,
                         )
                         .expect("step_into")
                 })

@@ -32,7 +32,7 @@
 #![allow(dead_code)]
 
 use ddim::ndarray::{Array1, Array2, Axis, Zip};
-use ddim::{DdimConfig, DdimError, DdimScheduler, StepOptions};
+use ddim::{DdimConfig, DdimError, DdimScheduler, NoiseSource, StepOptions};
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 use rand_distr::{Distribution, StandardNormal};
@@ -137,16 +137,17 @@ pub fn sample_ddim(
     rng: &mut SmallRng,
 ) -> Result<Array2<f32>, DdimError> {
     scheduler.set_timesteps(steps)?;
-    let options = StepOptions {
-        eta,
-        ..StepOptions::default()
-    };
     let mut x = Array2::from_shape_simple_fn((n, DIM), || StandardNormal.sample(&mut *rng));
     x *= scheduler.init_noise_sigma();
     for &t in scheduler.timesteps() {
         let input = scheduler.scale_model_input(&x, t);
         let eps = mixture.exact_epsilon(&input, f64::from(scheduler.alphas_cumprod()[t]));
-        scheduler.step_in_place_with_rng(&eps, t, &mut x, &options, rng)?;
+        let options = StepOptions {
+            eta,
+            noise: NoiseSource::Rng(&mut *rng),
+            ..StepOptions::default()
+        };
+        scheduler.step_in_place(&eps, t, &mut x, options)?;
     }
     Ok(x)
 }

@@ -87,7 +87,7 @@ pub enum TimestepSpacing {
     /// `"quadratic"` (this crate only; diffusers does not know it): the spacing the original
     /// DDIM code used for CIFAR-10, `floor((i * sqrt(0.8 T) / (n - 1))^2)` for `i` in `0..n`,
     /// dense at low noise. Steps always move along this schedule (see
-    /// [`DdimConfig::step_along_schedule`]). For `n > sqrt(0.8 T) + 1` the smallest timesteps
+    /// [`DdimConfig::step_along_schedule`](crate::DdimConfig::step_along_schedule)). For `n > sqrt(0.8 T) + 1` the smallest timesteps
     /// repeat; repeats are dropped, so there may be fewer than `n` timesteps.
     Quadratic,
 }

@@ -198,11 +198,11 @@ impl DdimScheduler {
     /// # Example
     ///
     /// ```
-    /// use ddim::{DdimConfig, DdimScheduler, StepOptions};
+    /// use ddim::{DdimConfig, DdimScheduler};
     ///
     /// let mut scheduler = DdimScheduler::new(DdimConfig::default())?;
     /// scheduler.set_custom_timesteps(&[999, 700, 300, 50])?;
-    /// let k = scheduler.step_scalars(700, &StepOptions::default())?;
+    /// let k = scheduler.step_scalars(700, 0.0)?;
     /// assert_eq!(k.prev_timestep, Some(300));
     /// assert!(scheduler.set_custom_timesteps(&[10, 20]).is_err());
     /// # Ok::<(), ddim::DdimError>(())
