@@ -167,6 +167,17 @@ pub enum DdimError {
         eta: f64,
     },
 
+    /// A numeric argument of a call is out of its range (for example `slerp`'s `alpha`).
+    #[error("{name} is {value}, but it must be {allowed}")]
+    InvalidArgument {
+        /// The argument's name.
+        name: &'static str,
+        /// The value given.
+        value: f64,
+        /// What the argument accepts.
+        allowed: &'static str,
+    },
+
     /// A guidance parameter is out of range: `guidance_scale` is not finite, or
     /// `guidance_rescale` is not between 0 and 1.
     #[error("{parameter} is {value}, but it must be {allowed}")]

@@ -139,6 +139,7 @@ mod config;
 mod error;
 mod float;
 mod guidance;
+mod interpolation;
 mod kernel;
 mod noise;
 mod schedule;
@@ -154,6 +155,7 @@ pub use config::{BetaSchedule, DdimConfig, PredictionType, TimestepSpacing, MAX_
 pub use error::DdimError;
 pub use float::DdimFloat;
 pub use guidance::{classifier_free_guidance, classifier_free_guidance_into};
+pub use interpolation::slerp;
 pub use noise::{NoiseSource, TorchCpuKernel, TorchGenerator};
 pub use scheduler::{DdimScheduler, DdimSchedulerOutput, StepOptions};
 
