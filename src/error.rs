@@ -178,6 +178,16 @@ pub enum DdimError {
         allowed: &'static str,
     },
 
+    /// A partial schedule (img2img strength, SDXL's `denoising_end` or `denoising_start`) would
+    /// run no step at all.
+    #[error("{name} {value} leaves no denoising step to run with the current number of inference steps; use a larger {name} or more steps")]
+    NoStepsLeft {
+        /// `"strength"`, `"denoising_end"` or `"denoising_start"`.
+        name: &'static str,
+        /// The value given.
+        value: f64,
+    },
+
     /// A guidance parameter is out of range: `guidance_scale` is not finite, or
     /// `guidance_rescale` is not between 0 and 1.
     #[error("{parameter} is {value}, but it must be {allowed}")]

@@ -157,7 +157,7 @@ pub use float::DdimFloat;
 pub use guidance::{classifier_free_guidance, classifier_free_guidance_into};
 pub use interpolation::slerp;
 pub use noise::{NoiseSource, TorchCpuKernel, TorchGenerator};
-pub use scheduler::{DdimScheduler, DdimSchedulerOutput, StepOptions};
+pub use scheduler::{DdimScheduler, DdimSchedulerOutput, PartialSchedule, StepOptions};
 
 /// The README's examples, compiled and run as doc tests.
 #[cfg(doctest)]

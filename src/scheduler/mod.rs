@@ -4,7 +4,9 @@
 //! - this file: construction, timesteps, and the scalars of a step ([`StepScalars`]);
 //! - `step`: the step calls, one per destination (new arrays, caller buffers, in place) and one
 //!   per different kind of step (inverse, per-item batch), all funnelled into the kernel;
-//! - `noising`: `add_noise` and `get_velocity`, the forward process.
+//! - `noising`: `add_noise` and `get_velocity`, the forward process;
+//! - `pipeline`: the pipelines' arithmetic around the scheduler (img2img strength, SDXL's
+//!   base/refiner split, the inpainting blend).
 
 use std::path::Path;
 
@@ -17,8 +19,10 @@ use crate::timesteps::{check_custom, inference_timesteps};
 use crate::{DdimError, DdimFloat};
 
 mod noising;
+mod pipeline;
 mod step;
 
+pub use pipeline::PartialSchedule;
 pub use step::{DdimSchedulerOutput, StepOptions};
 
 /// The DDIM sampler, with the behaviour and numbers of diffusers' `DDIMScheduler`.
