@@ -1,12 +1,23 @@
-//! After its first call on a thread, every `step_into` and `step_in_place` flavour makes no heap
-//! allocation: counted by a global allocator that tallies the allocations of each thread.
+//! After its first call on a thread, `step_into` and `step_in_place` make no heap allocation,
+//! whatever the noise source, except that a [`NoiseSource::Torch`] step at `eta > 0` allocates
+//! its draw (exactly one array): counted by a global allocator that tallies the allocations of
+//! each thread.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
 use ddim::ndarray::Array4;
-use ddim::{DdimConfig, DdimScheduler, DdimSchedulerOutput, PredictionType, StepOptions};
-use rand::SeedableRng;
+use ddim::rand::rngs::StdRng;
+use ddim::rand::SeedableRng;
+use ddim::{
+    DdimConfig, DdimSchedulerOutput, NoiseSource, PredictionType, StepOptions, TorchGenerator,
+};
+
+#[allow(dead_code)]
+#[path = "suite/common.rs"]
+mod common;
+
+use common::scheduler;
 
 /// The system allocator, counting allocations (and reallocations) per thread.
 struct Counting;
@@ -75,54 +86,112 @@ fn configs() -> Vec<(&'static str, DdimConfig)> {
     ]
 }
 
+/// Where a step's noise comes from.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Source {
+    None,
+    Given,
+    Rng,
+    Torch,
+}
+
+const SOURCES: [Source; 4] = [Source::None, Source::Given, Source::Rng, Source::Torch];
+
+/// The noise sources of the steps of one test, and the other options.
+struct Noises {
+    given: Array4<f32>,
+    rng: StdRng,
+    torch: TorchGenerator,
+    use_clipped_model_output: bool,
+}
+
+impl Noises {
+    fn new(given: Array4<f32>, seed: u64, use_clipped_model_output: bool) -> Self {
+        Noises {
+            given,
+            rng: StdRng::seed_from_u64(seed),
+            torch: TorchGenerator::manual_seed(seed),
+            use_clipped_model_output,
+        }
+    }
+
+    /// The options of one step with `eta` and noise from `source` (`Source::None` only at
+    /// `eta = 0`).
+    fn options(&mut self, source: Source, eta: f64) -> StepOptions<'_, f32> {
+        let noise = match source {
+            Source::None => NoiseSource::None,
+            Source::Given => NoiseSource::given(&self.given),
+            Source::Rng => NoiseSource::Rng(&mut self.rng),
+            Source::Torch => NoiseSource::Torch(&mut self.torch),
+        };
+        StepOptions {
+            eta,
+            noise,
+            use_clipped_model_output: self.use_clipped_model_output,
+        }
+    }
+}
+
+/// The allocations a step makes after the first: one for the draw of a `Torch` source at
+/// `eta > 0` (a four-axis shape needs no index allocation), none otherwise.
+fn expected_allocations(source: Source, eta: f64) -> usize {
+    usize::from(source == Source::Torch && eta > 0.0)
+}
+
 #[test]
 fn steps_into_buffers_and_in_place_allocate_nothing_after_the_first() {
     let shape = (2, 4, 16, 16);
     let model_output = Array4::from_shape_fn(shape, |(b, c, y, x)| ((b + c + y * x) as f32).sin());
     let noise = Array4::from_shape_fn(shape, |(b, c, y, x)| ((b * c + y + x) as f32).cos());
-    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
-    let stochastic = StepOptions {
-        eta: 1.0,
-        use_clipped_model_output: true,
-    };
 
     for (name, config) in configs() {
-        let mut scheduler = DdimScheduler::new(config).expect("valid config");
-        scheduler.set_timesteps(20).expect("valid steps");
+        let scheduler = scheduler(config, 20);
         let timesteps = scheduler.timesteps().to_vec();
-        let mut latents = model_output.mapv(|v| v * 0.5 + 0.1);
-        let mut out = DdimSchedulerOutput::zeros(latents.raw_dim());
+        for source in SOURCES {
+            // At eta = 0 every source is consulted for nothing; at eta > 0 all but `None`.
+            let etas: &[f64] = if source == Source::None {
+                &[0.0]
+            } else {
+                &[0.0, 1.0]
+            };
+            for &eta in etas {
+                let label = format!("{name}, {source:?} noise, eta {eta}");
+                let mut noises = Noises::new(noise.clone(), 0, true);
+                let mut latents = model_output.mapv(|v| v * 0.5 + 0.1);
+                let mut out = DdimSchedulerOutput::zeros(latents.raw_dim());
 
-        // Every flavour, once, so that thread-local scratch space reaches its final size.
-        let mut all_flavours = |t: usize, latents: &mut Array4<f32>| {
-            let s = &scheduler;
-            s.step_into(&model_output, t, latents, &mut out)
-                .expect("step_into");
-            s.step_into_with_noise(&model_output, t, latents, &stochastic, &noise, &mut out)
-                .expect("step_into_with_noise");
-            s.step_into_with_rng(&model_output, t, latents, &stochastic, &mut rng, &mut out)
-                .expect("step_into_with_rng");
-            s.step_in_place(&model_output, t, latents)
-                .expect("step_in_place");
-            s.step_in_place_with_noise(&model_output, t, latents, &stochastic, &noise)
-                .expect("step_in_place_with_noise");
-            s.step_in_place_with_rng(&model_output, t, latents, &stochastic, &mut rng)
-                .expect("step_in_place_with_rng");
-        };
-        all_flavours(timesteps[0], &mut latents);
+                // Each destination, with the allocations of each call.
+                let mut both = |t: usize, latents: &mut Array4<f32>| -> [usize; 2] {
+                    let s = &scheduler;
+                    let into = allocations_in(|| {
+                        let options = noises.options(source, eta);
+                        let (prev, x0) = (&mut out.prev_sample, &mut out.pred_original_sample);
+                        s.step_into(&model_output, t, &*latents, options, prev, x0)
+                            .expect("step_into");
+                    });
+                    let in_place = allocations_in(|| {
+                        let options = noises.options(source, eta);
+                        s.step_in_place(&model_output, t, latents, options)
+                            .expect("step_in_place");
+                    });
+                    [into, in_place]
+                };
+                // Once, so that thread-local scratch space reaches its final size.
+                both(timesteps[0], &mut latents);
 
-        let counted = allocations_in(|| {
-            for &t in &timesteps[1..] {
-                all_flavours(t, &mut latents);
+                let expected = expected_allocations(source, eta);
+                for &t in &timesteps[1..] {
+                    let [into, in_place] = both(t, &mut latents);
+                    assert_eq!(into, expected, "{label}: step_into at t = {t}");
+                    assert_eq!(in_place, expected, "{label}: step_in_place at t = {t}");
+                }
+                assert!(latents.iter().all(|v| v.is_finite()), "{label}: finite");
             }
-        });
-        assert_eq!(counted, 0, "{name}: allocations after the first step");
-        assert!(latents.iter().all(|v| v.is_finite()), "{name}: finite");
+        }
     }
 
     // The counter does count: the allocating form allocates its two result arrays.
-    let mut scheduler = DdimScheduler::new(DdimConfig::default()).expect("valid config");
-    scheduler.set_timesteps(20).expect("valid steps");
+    let scheduler = scheduler(DdimConfig::default(), 20);
     let t = scheduler.timesteps()[0];
     let n = allocations_in(|| {
         let out = scheduler
@@ -133,7 +202,8 @@ fn steps_into_buffers_and_in_place_allocate_nothing_after_the_first() {
     assert_eq!(n, 2, "step allocates prev_sample and pred_original_sample");
 }
 
-/// The buffer and in-place forms give exactly what `step` gives.
+/// The buffer and in-place forms give exactly what `step_with` gives, for every noise source
+/// (generators seeded alike draw alike).
 #[test]
 fn buffer_and_in_place_forms_match_step() {
     let shape = (2, 3, 8, 8);
@@ -144,49 +214,40 @@ fn buffer_and_in_place_forms_match_step() {
     let z = Array4::from_shape_fn(shape, |(b, c, y, x)| {
         ((b + c + y * 2 + x) as f32 * 0.3).sin()
     });
-    let options = StepOptions {
-        eta: 0.8,
-        use_clipped_model_output: false,
-    };
     for (name, config) in configs() {
-        let mut s = DdimScheduler::new(config).expect("valid config");
-        s.set_timesteps(10).expect("valid steps");
+        let s = scheduler(config, 10);
         let t = s.timesteps()[4];
-        let expected = s.step_with_noise(&m, t, &x, &options, &z).expect("step");
+        for source in SOURCES {
+            let eta = if source == Source::None { 0.0 } else { 0.8 };
+            let label = format!("{name}, {source:?} noise");
+            // Three sets of sources in the same state, one per destination.
+            let noises = || Noises::new(z.clone(), 9, false);
+            let expected = s
+                .step_with(&m, t, &x, noises().options(source, eta))
+                .expect("step_with");
 
-        let mut out = DdimSchedulerOutput::zeros(shape);
-        s.step_into_with_noise(&m, t, &x, &options, &z, &mut out)
-            .expect("into");
-        assert_eq!(out, expected, "{name}: step_into");
+            let mut out = DdimSchedulerOutput::zeros(shape);
+            let (prev, x0) = (&mut out.prev_sample, &mut out.pred_original_sample);
+            s.step_into(&m, t, &x, noises().options(source, eta), prev, x0)
+                .expect("into");
+            assert_eq!(out, expected, "{label}: step_into");
 
-        let mut latents = x.clone();
-        s.step_in_place_with_noise(&m, t, &mut latents, &options, &z)
-            .expect("in place");
-        assert_eq!(latents, expected.prev_sample, "{name}: step_in_place");
-
-        // The same with noise from a generator seeded alike.
-        let rng = || rand::rngs::StdRng::seed_from_u64(9);
-        let drawn = s
-            .step_with_rng(&m, t, &x, &options, &mut rng())
-            .expect("rng");
-        let mut latents = x.clone();
-        s.step_in_place_with_rng(&m, t, &mut latents, &options, &mut rng())
-            .expect("rng");
-        assert_eq!(latents, drawn.prev_sample, "{name}: step_in_place_with_rng");
-        s.step_into_with_rng(&m, t, &x, &options, &mut rng(), &mut out)
-            .expect("rng");
-        assert_eq!(out, drawn, "{name}: step_into_with_rng");
+            let mut latents = x.clone();
+            s.step_in_place(&m, t, &mut latents, noises().options(source, eta))
+                .expect("in place");
+            assert_eq!(latents, expected.prev_sample, "{label}: step_in_place");
+        }
     }
 }
 
 #[test]
 fn buffers_of_another_shape_are_refused_and_left_untouched() {
-    let mut s = DdimScheduler::new(DdimConfig::default()).expect("valid config");
-    s.set_timesteps(10).expect("valid steps");
+    let s = scheduler(DdimConfig::default(), 10);
     let x = Array4::<f32>::ones((1, 2, 4, 4));
     let mut out = DdimSchedulerOutput::<f32, _>::zeros((1, 2, 4, 5));
+    let (prev, x0) = (&mut out.prev_sample, &mut out.pred_original_sample);
     let err = s
-        .step_into(&x, 900, &x, &mut out)
+        .step_into(&x, 900, &x, StepOptions::default(), prev, x0)
         .expect_err("wrong buffer");
     assert!(err.to_string().contains("prev_sample"), "{err}");
     assert!(out.prev_sample.iter().all(|&v| v == 0.0));

@@ -1,9 +1,9 @@
 //! What the crate does beyond the reference: inversion that round-trips, steps that follow the
 //! schedule, custom and quadratic schedules.
 
-use crate::paper_experiment::{rng, Mixture};
+use crate::paper_experiment::{self, rng, Mixture};
 use ddim::ndarray::Array2;
-use ddim::{DdimConfig, DdimError, DdimScheduler, StepOptions, TimestepSpacing};
+use ddim::{DdimConfig, DdimError, DdimScheduler, NoiseSource, StepOptions, TimestepSpacing};
 
 /// Inverts data to noise with the exact model of the Gaussian-mixture experiment, samples back,
 /// and returns the root-mean-square distance to where it started.
@@ -82,9 +82,7 @@ fn step_along_schedule_lands_every_linspace_step_on_the_schedule() {
     assert_eq!(along.timesteps(), ts.as_slice());
     for w in ts.windows(2) {
         assert_eq!(along.prev_timestep(w[0]).expect("on schedule"), Some(w[1]));
-        let k = along
-            .step_scalars(w[0], &StepOptions::default())
-            .expect("on schedule");
+        let k = along.step_scalars(w[0], 0.0).expect("on schedule");
         assert_eq!(k.alpha_bar_prev, along.alphas_cumprod()[w[1]]);
     }
     let last = *ts.last().expect("non-empty");
@@ -154,11 +152,12 @@ fn quadratic_spacing_is_dense_at_low_noise_and_stepped_along() {
     assert!(s.timesteps().windows(2).all(|w| w[0] > w[1]));
 }
 
-/// `step_batch_with_noise` (which the reference lacks) gives every item the step
-/// `step_with_noise` gives it alone, eta > 0 and use_clipped_model_output included.
+/// `step_batch` with given noise (which the reference lacks) gives every item the step
+/// `step_with` gives it alone with its slice of the noise, eta > 0 and
+/// use_clipped_model_output included.
 #[test]
 fn stochastic_batch_steps_equal_item_by_item_steps() {
-    use ddim::ndarray::{Array4, Axis, Slice};
+    use ddim::ndarray::{Array4, ArrayRef, Axis, Dimension, Slice};
     let mut s = DdimScheduler::new(DdimConfig {
         thresholding: true,
         dynamic_thresholding_ratio: 0.9,
@@ -177,23 +176,25 @@ fn stochastic_batch_steps_equal_item_by_item_steps() {
     let z = Array4::from_shape_fn(shape, |(b, c, y, x)| {
         ((b + c + y * 3 + x * 5) as f32 * 0.17).sin()
     });
-    let options = StepOptions {
-        eta: 0.7,
-        use_clipped_model_output: true,
-    };
+    fn options<D: Dimension>(z: &ArrayRef<f32, D>) -> StepOptions<'_, f32> {
+        StepOptions {
+            eta: 0.7,
+            noise: NoiseSource::given(z),
+            use_clipped_model_output: true,
+        }
+    }
     let timesteps = [950, 450, 0];
     let batch = s
-        .step_batch_with_noise(&m, &timesteps, &x, &options, &z)
+        .step_batch(&m, &timesteps, &x, options(&z))
         .expect("batch");
     for (i, &t) in timesteps.iter().enumerate() {
         let item = Slice::from(i..=i);
         let alone = s
-            .step_with_noise(
+            .step_with(
                 &m.slice_axis(Axis(0), item),
                 t,
                 &x.slice_axis(Axis(0), item),
-                &options,
-                &z.slice_axis(Axis(0), item),
+                options(&z.slice_axis(Axis(0), item)),
             )
             .expect("step");
         assert_eq!(
@@ -209,7 +210,7 @@ fn stochastic_batch_steps_equal_item_by_item_steps() {
     }
     // One timestep per item, all valid, or nothing is computed.
     let err = s
-        .step_batch(&m, &[950, 450], &x)
+        .step_batch(&m, &[950, 450], &x, StepOptions::default())
         .expect_err("two for three");
     assert!(
         matches!(
@@ -222,7 +223,7 @@ fn stochastic_batch_steps_equal_item_by_item_steps() {
         "{err}"
     );
     let err = s
-        .step_batch(&m, &[950, 450, 1000], &x)
+        .step_batch(&m, &[950, 450, 1000], &x, StepOptions::default())
         .expect_err("out of range");
     assert!(
         matches!(err, DdimError::TimestepOutOfRange { timestep: 1000, .. }),

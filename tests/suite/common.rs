@@ -1,12 +1,15 @@
 //! Shared helpers of the integration tests: reading the golden fixtures written by
-//! `scripts/generate_golden.py` and comparing arrays with a tolerance.
+//! `scripts/generate_golden.py`, comparing arrays with a tolerance, scratch folders, and the
+//! schedulers, random arrays and bit patterns of the array tests. Each helper exists once,
+//! here; the test modules import it rather than defining their own.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use ddim::ndarray::{ArrayD, IxDyn};
-use ddim::{DdimConfig, DdimScheduler};
+use ddim::{DdimConfig, DdimFloat, DdimScheduler, NoiseSource, StepOptions};
+use rand::{Rng, RngExt};
 use serde_json::Value;
 
 /// `tests/fixtures/<rest>`.
@@ -115,13 +118,63 @@ pub fn config(case: &Value) -> DdimConfig {
         .unwrap_or_else(|e| panic!("case {}: config rejected: {e}", case["name"]))
 }
 
-pub fn scheduler(case: &Value) -> DdimScheduler {
+/// The scheduler of a fixture case (timesteps not set).
+pub fn case_scheduler(case: &Value) -> DdimScheduler {
     DdimScheduler::new(config(case))
         .unwrap_or_else(|e| panic!("case {}: scheduler rejected: {e}", case["name"]))
 }
 
+/// A scheduler of a valid config with `steps` inference steps set.
+pub fn scheduler(config: DdimConfig, steps: usize) -> DdimScheduler {
+    let mut s = DdimScheduler::new(config).expect("valid config");
+    s.set_timesteps(steps).expect("valid step count");
+    s
+}
+
+/// Uniform values in `[-range, range]` of the given shape, drawn in row-major order.
+pub fn random_array<T: DdimFloat, R: Rng + ?Sized>(
+    shape: &[usize],
+    rng: &mut R,
+    range: f64,
+) -> ArrayD<T> {
+    ArrayD::from_shape_simple_fn(IxDyn(shape), || {
+        T::from_f64(rng.random_range(-range..=range))
+    })
+}
+
 pub fn name(case: &Value) -> &str {
     case["name"].as_str().expect("name")
+}
+
+/// A fixture case's step options (`eta`, `use_clipped_model_output`), to be completed with a
+/// noise source for each step ([`StepOptions`] borrows its source, so it is built per step).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CaseOptions {
+    pub eta: f64,
+    pub use_clipped_model_output: bool,
+}
+
+impl CaseOptions {
+    pub fn of(case: &Value) -> Self {
+        CaseOptions {
+            eta: case["eta"].as_f64().expect("eta"),
+            use_clipped_model_output: case["use_clipped_model_output"].as_bool().expect("flag"),
+        }
+    }
+
+    /// Plain DDIM: what `step` does.
+    pub fn is_default(self) -> bool {
+        self.eta == 0.0 && !self.use_clipped_model_output
+    }
+
+    /// The options of one step, with noise from `noise`.
+    pub fn with<T>(self, noise: NoiseSource<'_, T>) -> StepOptions<'_, T> {
+        StepOptions {
+            eta: self.eta,
+            noise,
+            use_clipped_model_output: self.use_clipped_model_output,
+        }
+    }
 }
 
 /// Asserts `|ours - reference| <= abs + rel * |reference|` for every element; NaN must meet NaN.
@@ -239,3 +292,40 @@ pub const CONFIG_KEYS: [&str; 16] = [
     "rescale_betas_zero_snr",
     "step_along_schedule",
 ];
+
+// ---------------------------------------------------------------------------------------------
+// Element bits and single-rounding arithmetic in generic tests
+// ---------------------------------------------------------------------------------------------
+
+/// What the tests need of an element type beyond [`ddim::DdimFloat`]'s public conversions.
+pub trait TestFloat: ddim::DdimFloat {
+    /// The bit pattern (an `f32`'s in the low 32 bits): equal exactly when the values are.
+    fn bits(self) -> u64;
+    /// `self * a + b` with a single rounding in this type.
+    fn fma(self, a: Self, b: Self) -> Self;
+}
+
+impl TestFloat for f32 {
+    fn bits(self) -> u64 {
+        u64::from(self.to_bits())
+    }
+    fn fma(self, a: Self, b: Self) -> Self {
+        self.mul_add(a, b)
+    }
+}
+
+impl TestFloat for f64 {
+    fn bits(self) -> u64 {
+        self.to_bits()
+    }
+    fn fma(self, a: Self, b: Self) -> Self {
+        self.mul_add(a, b)
+    }
+}
+
+/// The bit patterns of the elements, in row-major order (any layout).
+pub fn bits<T: TestFloat, D: ddim::ndarray::Dimension>(
+    a: &ddim::ndarray::ArrayRef<T, D>,
+) -> Vec<u64> {
+    a.iter().map(|v| v.bits()).collect()
+}

@@ -9,11 +9,11 @@
 use std::convert::Infallible;
 
 use crate::common::{
-    assert_close, assert_close_with_allowance, cases, golden, inputs, name, scheduler, tensor,
-    Tensor,
+    assert_close, assert_close_with_allowance, case_scheduler, cases, golden, inputs, name, tensor,
+    CaseOptions, Tensor,
 };
 use ddim::ndarray::ArrayD;
-use ddim::{DdimError, DdimFloat, DdimScheduler, StepOptions};
+use ddim::{DdimError, DdimFloat, DdimScheduler, NoiseSource};
 use rand::{SeedableRng, TryRng};
 use serde_json::Value;
 
@@ -57,43 +57,36 @@ impl TryRng for CountingRng {
     }
 }
 
-/// Runs one step the way a user would: `step` for plain DDIM, `step_with_noise` when the
-/// reference was given noise, `step_with_rng` (which must not draw at eta = 0) otherwise.
+/// Runs one step the way a user would: `step` for plain DDIM, `step_with` given noise when the
+/// reference was given noise, `step_with` and a `rand` generator (which must not draw at
+/// eta = 0) otherwise.
 fn run_step<T: DdimFloat>(
     scheduler: &DdimScheduler,
     model_output: &ArrayD<T>,
     timestep: usize,
     sample: &ArrayD<T>,
-    options: StepOptions,
+    options: CaseOptions,
     noise: Option<&ArrayD<T>>,
 ) -> Result<(Vec<f64>, Vec<f64>), DdimError> {
     let out = match noise {
         Some(noise) => {
-            scheduler.step_with_noise(model_output, timestep, sample, &options, noise)?
+            let options = options.with(NoiseSource::given(noise));
+            scheduler.step_with(model_output, timestep, sample, options)?
         }
-        None if options == StepOptions::default() => {
-            scheduler.step(model_output, timestep, sample)?
-        }
+        None if options.is_default() => scheduler.step(model_output, timestep, sample)?,
         None => {
             let mut rng = CountingRng {
                 inner: rand::rngs::StdRng::seed_from_u64(0),
                 calls: 0,
             };
-            let out =
-                scheduler.step_with_rng(model_output, timestep, sample, &options, &mut rng)?;
+            let with_rng = options.with(NoiseSource::Rng(&mut rng));
+            let out = scheduler.step_with(model_output, timestep, sample, with_rng)?;
             assert_eq!(rng.calls, 0, "a step with eta = 0 must not draw noise");
             out
         }
     };
     let widen = |a: &ArrayD<T>| a.iter().map(|v| v.to_f64()).collect::<Vec<_>>();
     Ok((widen(&out.prev_sample), widen(&out.pred_original_sample)))
-}
-
-fn step_options(case: &Value) -> StepOptions {
-    StepOptions {
-        eta: case["eta"].as_f64().expect("eta"),
-        use_clipped_model_output: case["use_clipped_model_output"].as_bool().expect("flag"),
-    }
 }
 
 /// Where the reference's `1 - alpha_bar_prev - sigma^2` rounds below zero (eta > 0 on a
@@ -109,7 +102,7 @@ fn reference_nan_from_negative_rounding(case: &Value, reference_prev: &[f64]) ->
 fn schedules_match_reference() {
     let fixture = golden("schedules");
     for case in cases(&fixture) {
-        let s = scheduler(case);
+        let s = case_scheduler(case);
         let label = name(case);
         let betas: Vec<f64> = s.betas().iter().map(|&v| f64::from(v)).collect();
         let bars: Vec<f64> = s.alphas_cumprod().iter().map(|&v| f64::from(v)).collect();
@@ -163,7 +156,7 @@ fn timesteps_match_reference() {
     let mut dropped_minus_one = 0;
     for case in cases(&fixture) {
         let label = name(case);
-        let mut s = scheduler(case);
+        let mut s = case_scheduler(case);
         let n = case["num_inference_steps"].as_u64().expect("n") as usize;
         let t = s.config().num_train_timesteps;
         let ours = s.set_timesteps(n);
@@ -201,7 +194,7 @@ fn timesteps_match_reference_for_every_step_count() {
     let mut checked = 0;
     for grid in fixture["fingerprints"].as_array().expect("fingerprints") {
         let label = name(grid);
-        let mut s = scheduler(grid);
+        let mut s = case_scheduler(grid);
         let t = s.config().num_train_timesteps as i64;
         for row in grid["rows"].as_array().expect("rows") {
             let row: Vec<i64> = serde_json::from_value(row.clone()).expect("ints");
@@ -344,14 +337,14 @@ fn steps_match_reference() {
     let mut exact_cases = 0;
     for case in cases(&fixture) {
         let label = name(case);
-        let mut s = scheduler(case);
+        let mut s = case_scheduler(case);
         set_timesteps_like_reference(
             &mut s,
             case["num_inference_steps"].as_u64().expect("n") as usize,
             label,
         );
         let timestep = case["timestep"].as_u64().expect("timestep") as usize;
-        let options = step_options(case);
+        let options = CaseOptions::of(case);
         let input = |key: &str| case[key].as_str().map(|k| &inputs[k]);
         let (m, x, z) = (
             input("model_output").expect("model_output"),
@@ -374,7 +367,7 @@ fn steps_match_reference() {
         let reference_prev = tensor(&case["prev_sample"]).values();
         let reference_x0 = tensor(&case["pred_original_sample"]).values();
         // Where our float32 scalars are the reference's to the bit, so is every output element.
-        let ours_k = s.step_scalars(timestep, &options).expect("scalars");
+        let ours_k = s.step_scalars(timestep, options.eta).expect("scalars");
         if !s.config().rescale_betas_zero_snr {
             // Same tables to the bit; the square roots (and sigma, a square root times eta)
             // within the one ulp by which torch's float32 sqrt misses the correctly rounded one.
@@ -467,7 +460,7 @@ fn step_at_timestep_num_train_timesteps_is_an_error() {
                 .is_some_and(|e| e.starts_with("IndexError"))
         })
         .expect("the IndexError quirk");
-    let mut s = scheduler(case);
+    let mut s = case_scheduler(case);
     let n = case["num_inference_steps"].as_u64().expect("n") as usize;
     assert!(matches!(
         s.set_timesteps(n),
@@ -487,7 +480,7 @@ fn add_noise_and_get_velocity_match_reference() {
     let inputs = inputs(&fixture);
     for case in cases(&fixture) {
         let label = name(case);
-        let s = scheduler(case);
+        let s = case_scheduler(case);
         let timesteps: Vec<usize> =
             serde_json::from_value(case["timesteps"].clone()).expect("ints");
         let op = case["op"].as_str().expect("op");
@@ -562,7 +555,7 @@ fn full_loops_match_reference() {
     let mut deviations = 0;
     for case in cases(&fixture) {
         let label = name(case);
-        let mut s = scheduler(case);
+        let mut s = case_scheduler(case);
         let n = case["num_inference_steps"].as_u64().expect("n") as usize;
         s.set_timesteps(n)
             .unwrap_or_else(|e| panic!("{label}: {e}"));
@@ -574,7 +567,7 @@ fn full_loops_match_reference() {
             "{label}: timesteps"
         );
 
-        let options = step_options(case);
+        let options = CaseOptions::of(case);
         let base = inputs[case["base"].as_str().expect("base")].f32();
         let noises: Option<Vec<&ArrayD<f32>>> = case["noise"].as_array().map(|names| {
             names
@@ -588,15 +581,14 @@ fn full_loops_match_reference() {
             let input = s.scale_model_input(&x, t);
             let eps = stand_in_model(&input, base, t, s.config().num_train_timesteps);
             let out = match &noises {
-                Some(noises) => s.step_with_noise(&eps, t, &x, &options, noises[i]),
-                None if options == StepOptions::default() => s.step(&eps, t, &x),
-                None => s.step_with_rng(
-                    &eps,
-                    t,
-                    &x,
-                    &options,
-                    &mut rand::rngs::StdRng::seed_from_u64(0),
-                ),
+                Some(noises) => {
+                    s.step_with(&eps, t, &x, options.with(NoiseSource::given(noises[i])))
+                }
+                None if options.is_default() => s.step(&eps, t, &x),
+                None => {
+                    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+                    s.step_with(&eps, t, &x, options.with(NoiseSource::Rng(&mut rng)))
+                }
             }
             .unwrap_or_else(|e| panic!("{label}, step {i}: {e}"));
             x = out.prev_sample;

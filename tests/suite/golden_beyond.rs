@@ -2,9 +2,9 @@
 //! `DDIMInverseScheduler` and per-item timesteps against `DDIMParallelScheduler`
 //! (diffusers 0.42.1; fixtures written by `scripts/generate_golden.py`).
 
-use crate::common::{assert_close, cases, golden, inputs, name, scheduler, tensor};
+use crate::common::{assert_close, case_scheduler, cases, golden, inputs, name, tensor};
 use ddim::ndarray::ArrayD;
-use ddim::DdimScheduler;
+use ddim::{DdimScheduler, NoiseSource, StepOptions};
 use serde_json::Value;
 
 /// Per-element tolerance of one float32 step, as for the forward step.
@@ -17,7 +17,7 @@ fn widen(a: &ArrayD<f32>) -> Vec<f64> {
 }
 
 fn with_steps(case: &Value) -> DdimScheduler {
-    let mut s = scheduler(case);
+    let mut s = case_scheduler(case);
     s.set_timesteps(case["num_inference_steps"].as_u64().expect("n") as usize)
         .unwrap_or_else(|e| panic!("{}: {e}", name(case)));
     s
@@ -110,17 +110,28 @@ fn batch_steps_match_ddim_parallel_scheduler() {
             serde_json::from_value(case["timesteps"].clone()).expect("ints");
         let m = inputs[case["model_output"].as_str().expect("name")].f32();
         let x = inputs[case["sample"].as_str().expect("name")].f32();
-        let options = ddim::StepOptions {
-            eta: 0.0,
-            use_clipped_model_output: case["use_clipped_model_output"] == true,
-        };
+        let use_clipped_model_output = case["use_clipped_model_output"] == true;
+        // Given noise at eta = 0 is not read (zeros, as the reference has no noise here).
+        fn options(noise: NoiseSource<'_, f32>, clipped: bool) -> StepOptions<'_, f32> {
+            StepOptions {
+                eta: 0.0,
+                noise,
+                use_clipped_model_output: clipped,
+            }
+        }
         let zeros = ArrayD::<f32>::zeros(x.raw_dim());
         let out = s
-            .step_batch_with_noise(m, &timesteps, x, &options, &zeros)
+            .step_batch(
+                m,
+                &timesteps,
+                x,
+                options(NoiseSource::given(&zeros), use_clipped_model_output),
+            )
             .unwrap_or_else(|e| panic!("{label}: {e}"));
-        if !options.use_clipped_model_output {
+        if !use_clipped_model_output {
             assert_eq!(
-                s.step_batch(m, &timesteps, x).expect("batch"),
+                s.step_batch(m, &timesteps, x, StepOptions::default())
+                    .expect("batch"),
                 out,
                 "{label}"
             );
@@ -139,13 +150,13 @@ fn batch_steps_match_ddim_parallel_scheduler() {
             if past_the_end && !s.config().set_alpha_to_one {
                 // The documented difference: the item follows the config, like `step` does.
                 let item = ddim::ndarray::Slice::from(i..=i);
+                let item_zeros = zeros.slice_axis(ddim::ndarray::Axis(0), item);
                 let alone = s
-                    .step_with_noise(
+                    .step_with(
                         &m.slice_axis(ddim::ndarray::Axis(0), item),
                         t,
                         &x.slice_axis(ddim::ndarray::Axis(0), item),
-                        &options,
-                        &zeros.slice_axis(ddim::ndarray::Axis(0), item),
+                        options(NoiseSource::given(&item_zeros), use_clipped_model_output),
                     )
                     .expect("step");
                 assert_eq!(

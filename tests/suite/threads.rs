@@ -7,18 +7,17 @@ use std::sync::Barrier;
 use ddim::ndarray::{concatenate, ArrayD, Axis, IxDyn, Slice};
 use ddim::{
     classifier_free_guidance_into, DdimConfig, DdimFloat, DdimScheduler, DdimSchedulerOutput,
-    PredictionType, StepOptions, TimestepSpacing,
+    NoiseSource, PredictionType, StepOptions, TimestepSpacing, TorchGenerator,
 };
 use rand::rngs::{SmallRng, StdRng};
-use rand::{RngExt, SeedableRng};
+use rand::SeedableRng;
+
+use crate::common::{bits, random_array, scheduler};
 
 const THREADS: usize = 6;
 
-fn scheduler(config: DdimConfig, steps: usize) -> DdimScheduler {
-    let mut s = DdimScheduler::new(config).expect("valid config");
-    s.set_timesteps(steps).expect("valid step count");
-    s
-}
+/// The range of the random latents and noise.
+const RANGE: f64 = 2.5;
 
 /// Thresholding on, with a ratio and bound that make the threshold vary between items and steps.
 fn thresholding_config() -> DdimConfig {
@@ -28,10 +27,6 @@ fn thresholding_config() -> DdimConfig {
         sample_max_value: 1.8,
         ..DdimConfig::default()
     }
-}
-
-fn random_array<T: DdimFloat>(shape: &[usize], rng: &mut StdRng) -> ArrayD<T> {
-    ArrayD::from_shape_simple_fn(IxDyn(shape), || T::from_f64(rng.random_range(-2.5..2.5)))
 }
 
 /// A deterministic stand-in for the network.
@@ -44,18 +39,28 @@ fn model<T: DdimFloat>(x: &ArrayD<T>, t: usize) -> ArrayD<T> {
     })
 }
 
+/// The options of the workload's stochastic steps.
+fn stochastic<T>(noise: NoiseSource<'_, T>, clipped: bool) -> StepOptions<'_, T> {
+    StepOptions {
+        eta: 0.8,
+        noise,
+        use_clipped_model_output: clipped,
+    }
+}
+
 /// Appends the bit patterns of `a` to the transcript.
 fn record<T: DdimFloat>(transcript: &mut Vec<u64>, a: &ArrayD<T>) {
     transcript.push(a.len() as u64);
     transcript.extend(a.iter().map(|v| v.to_f64().to_bits()));
 }
 
-/// A full sampling loop, exercising every step flavour on the same latents, plus an inversion,
-/// a per-item batch step and guidance. Latents of several sizes (the thread-local scratch grows
-/// and is reused with stale contents). Returns the bits of every result, in order.
+/// A full sampling loop, exercising every step call and noise source on the same latents, plus
+/// an inversion, a per-item batch step and guidance. Latents of several sizes (the thread-local
+/// scratch grows and is reused with stale contents). Returns the bits of every result, in order.
 fn workload<T: DdimFloat>(s: &DdimScheduler, seed: u64) -> Vec<u64> {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut noise_rng = SmallRng::seed_from_u64(seed ^ 0xabcdef);
+    let mut generator = TorchGenerator::manual_seed(seed);
     let mut transcript = Vec::new();
     let batch = 1 + (seed as usize % 3);
     // Big, then small, then medium: the scratch keeps the big capacity and old contents.
@@ -64,29 +69,41 @@ fn workload<T: DdimFloat>(s: &DdimScheduler, seed: u64) -> Vec<u64> {
         vec![batch + 1, 3, 5],
         vec![batch, 2, 9, 7],
     ];
-    let eta = StepOptions {
-        eta: 0.8,
-        use_clipped_model_output: seed % 2 == 0,
-    };
+    let clipped = seed % 2 == 0;
     for shape in shapes {
-        let mut x: ArrayD<T> = random_array(&shape, &mut rng);
+        let mut x: ArrayD<T> = random_array(&shape, &mut rng, RANGE);
         let mut buffers = DdimSchedulerOutput::<T, IxDyn>::zeros(IxDyn(&shape));
         let mut guided = ArrayD::<T>::from_elem(IxDyn(&shape), T::ZERO);
         for &t in s.timesteps() {
             let eps = model(&x, t);
             let out = s.step(&eps, t, &x).expect("step");
-            s.step_into(&eps, t, &x, &mut buffers).expect("step_into");
+            let (prev, x0) = (&mut buffers.prev_sample, &mut buffers.pred_original_sample);
+            s.step_into(&eps, t, &x, StepOptions::default(), prev, x0)
+                .expect("step_into");
             assert_eq!(out, buffers, "step_into differs from step on one thread");
             let mut in_place = x.clone();
-            s.step_in_place(&eps, t, &mut in_place)
+            s.step_in_place(&eps, t, &mut in_place, StepOptions::default())
                 .expect("step_in_place");
-            let noise: ArrayD<T> = random_array(&shape, &mut rng);
+            let noise: ArrayD<T> = random_array(&shape, &mut rng, RANGE);
             let noisy = s
-                .step_with_noise(&eps, t, &x, &eta, &noise)
-                .expect("step_with_noise");
+                .step_with(&eps, t, &x, stochastic(NoiseSource::given(&noise), clipped))
+                .expect("step_with given noise");
             let drawn = s
-                .step_with_rng(&eps, t, &x, &eta, &mut noise_rng)
-                .expect("step_with_rng");
+                .step_with(
+                    &eps,
+                    t,
+                    &x,
+                    stochastic(NoiseSource::Rng(&mut noise_rng), clipped),
+                )
+                .expect("step_with a rand generator");
+            let torch = s
+                .step_with(
+                    &eps,
+                    t,
+                    &x,
+                    stochastic(NoiseSource::Torch(&mut generator), clipped),
+                )
+                .expect("step_with the torch generator");
             let uncond = model(&eps, t + 1);
             classifier_free_guidance_into(&uncond, &eps, 5.0, 0.7, &mut guided).expect("cfg");
             for a in [
@@ -96,6 +113,7 @@ fn workload<T: DdimFloat>(s: &DdimScheduler, seed: u64) -> Vec<u64> {
                 &noisy.prev_sample,
                 &noisy.pred_original_sample,
                 &drawn.prev_sample,
+                &torch.prev_sample,
                 &guided,
             ] {
                 record(&mut transcript, a);
@@ -111,7 +129,9 @@ fn workload<T: DdimFloat>(s: &DdimScheduler, seed: u64) -> Vec<u64> {
         let ts = s.timesteps();
         let items: Vec<usize> = (0..shape[0]).map(|i| ts[(i * 7) % ts.len()]).collect();
         let eps = model(&x, items[0]);
-        let batch_out = s.step_batch(&eps, &items, &x).expect("step_batch");
+        let batch_out = s
+            .step_batch(&eps, &items, &x, StepOptions::default())
+            .expect("step_batch");
         record(&mut transcript, &batch_out.prev_sample);
         record(&mut transcript, &batch_out.pred_original_sample);
         // And back up the schedule.
@@ -230,7 +250,7 @@ fn a_batch_split_across_threads_equals_the_whole_batch_step() {
     let s = scheduler(thresholding_config(), 20);
     let mut rng = StdRng::seed_from_u64(9);
     let shape = [THREADS * 2, 4, 12, 12];
-    let x: ArrayD<f32> = random_array(&shape, &mut rng);
+    let x: ArrayD<f32> = random_array(&shape, &mut rng, RANGE);
     for &t in s.timesteps() {
         let eps = model(&x, t);
         let whole = s.step(&eps, t, &x).expect("step");
@@ -242,7 +262,9 @@ fn a_batch_split_across_threads_equals_the_whole_batch_step() {
                         let range = Slice::from(2 * i..2 * i + 2);
                         let (e, v) = (eps.slice_axis(Axis(0), range), x.slice_axis(Axis(0), range));
                         let mut out = DdimSchedulerOutput::<f32, IxDyn>::zeros(v.raw_dim());
-                        s.step_into(&e, t, &v, &mut out).expect("step_into");
+                        let (prev, x0) = (&mut out.prev_sample, &mut out.pred_original_sample);
+                        s.step_into(&e, t, &v, StepOptions::default(), prev, x0)
+                            .expect("step_into");
                         out
                     })
                 })
@@ -259,7 +281,6 @@ fn a_batch_split_across_threads_equals_the_whole_batch_step() {
             .collect();
         let prev = concatenate(Axis(0), &prev).expect("same shapes");
         let x0 = concatenate(Axis(0), &x0).expect("same shapes");
-        let bits = |a: &ArrayD<f32>| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&prev), bits(&whole.prev_sample), "t = {t}");
         assert_eq!(bits(&x0), bits(&whole.pred_original_sample), "t = {t}");
     }

@@ -9,11 +9,13 @@
 //! 4 units in the last place elsewhere); the other kernel within the bound measured in
 //! `other_kernel_is_within_the_stated_bound`; loop trajectories within `1e-4 + 1e-4 * |reference|`.
 
-use crate::common::{assert_close, cases, golden, inputs, name, tensor, Tensor};
+use crate::common::{
+    assert_close, case_scheduler, cases, golden, inputs, name, tensor, CaseOptions, Tensor,
+};
 use ddim::ndarray::{concatenate, Array, ArrayD, Axis, IxDyn, ShapeBuilder};
 use ddim::{
-    DdimError, DdimFloat, DdimScheduler, DdimSchedulerOutput, StepOptions, TorchCpuKernel,
-    TorchGenerator,
+    DdimError, DdimFloat, DdimScheduler, DdimSchedulerOutput, NoiseSource, StepOptions,
+    TorchCpuKernel, TorchGenerator,
 };
 use serde_json::Value;
 
@@ -331,7 +333,7 @@ struct LoopResult<T> {
 /// step with the generator's noise.
 fn run_loop<T: DdimFloat>(case: &Value, base: &ArrayD<T>) -> LoopResult<T> {
     let label = name(case);
-    let mut s: DdimScheduler = crate::common::scheduler(case);
+    let mut s: DdimScheduler = case_scheduler(case);
     let steps = case["num_inference_steps"].as_u64().expect("steps") as usize;
     s.set_timesteps(steps).expect("set_timesteps");
     let reference_timesteps: Vec<usize> =
@@ -349,10 +351,7 @@ fn run_loop<T: DdimFloat>(case: &Value, base: &ArrayD<T>) -> LoopResult<T> {
         .map(|v| generator(seed(v), k))
         .collect();
     let dims = shape(&case["shape"]);
-    let options = StepOptions {
-        eta: case["eta"].as_f64().expect("eta"),
-        use_clipped_model_output: case["use_clipped_model_output"].as_bool().expect("ucmo"),
-    };
+    let options = CaseOptions::of(case);
 
     let initial: ArrayD<T> = randn_tensor(&mut generators, &dims);
     let mut x = initial.mapv(|v| v * T::from_f32(s.init_noise_sigma()));
@@ -361,16 +360,13 @@ fn run_loop<T: DdimFloat>(case: &Value, base: &ArrayD<T>) -> LoopResult<T> {
     for &t in s.timesteps() {
         let eps = stand_in_model(&s.scale_model_input(&x, t), base, t, train);
         let out = match generators.as_mut_slice() {
-            [g] => s.step_with_generator(&eps, t, &x, &options, g),
-            many => {
-                // A list of generators: each item's noise from its own, only when eta > 0.
-                let noise = if options.eta > 0.0 {
-                    randn_tensor(many, &dims)
-                } else {
-                    x.clone()
-                };
-                s.step_with_noise(&eps, t, &x, &options, &noise)
+            [g] => s.step_with(&eps, t, &x, options.with(NoiseSource::Torch(g))),
+            // A list of generators: each item's noise from its own, only when eta > 0.
+            many if options.eta > 0.0 => {
+                let noise = randn_tensor(many, &dims);
+                s.step_with(&eps, t, &x, options.with(NoiseSource::given(&noise)))
             }
+            _ => s.step_with(&eps, t, &x, options.with(NoiseSource::None)),
         }
         .unwrap_or_else(|e| panic!("{label}, t = {t}: {e}"));
         x = out.prev_sample.clone();
@@ -469,7 +465,7 @@ fn eta_loops_follow_the_reference_trajectory_from_the_same_seed() {
 }
 
 #[test]
-fn documented_recipes_give_the_same_bits_as_step_with_generator() {
+fn documented_recipes_give_the_same_bits_as_a_torch_noise_source() {
     let fixture = golden("torch_rng");
     let case = fixture["loops"]
         .as_array()
@@ -477,12 +473,16 @@ fn documented_recipes_give_the_same_bits_as_step_with_generator() {
         .iter()
         .find(|c| name(c) == "sd_eta0p5_seed42")
         .expect("loop case");
-    let mut s = crate::common::scheduler(case);
+    let mut s = case_scheduler(case);
     s.set_timesteps(20).expect("steps");
-    let options = StepOptions {
-        eta: 0.5,
-        ..Default::default()
-    };
+    const ETA: f64 = 0.5;
+    fn options(noise: NoiseSource<'_, f32>) -> StepOptions<'_, f32> {
+        StepOptions {
+            eta: ETA,
+            noise,
+            ..Default::default()
+        }
+    }
     let base = inputs(&fixture)["base_f32_1x4x8x8"].f32().clone();
     let mut g1 = TorchGenerator::manual_seed(42);
     let mut g2 = g1.clone();
@@ -495,22 +495,23 @@ fn documented_recipes_give_the_same_bits_as_step_with_generator() {
     for &t in s.timesteps() {
         let eps = stand_in_model(&x1, &base, t, 1000);
         x1 = s
-            .step_with_generator(&eps, t, &x1, &options, &mut g1)
+            .step_with(&eps, t, &x1, options(NoiseSource::Torch(&mut g1)))
             .expect("step")
             .prev_sample;
-        // The recipe: draw the noise with randn, pass it to step_with_noise.
+        // The recipe: draw the noise with randn, give it to the step.
         let eps = stand_in_model(&x2, &base, t, 1000);
         let n: ArrayD<f32> = g2.randn(eps.raw_dim());
         x2 = s
-            .step_with_noise(&eps, t, &x2, &options, &n)
+            .step_with(&eps, t, &x2, options(NoiseSource::given(&n)))
             .expect("step")
             .prev_sample;
-        // Without allocations: randn_into and step_into_with_noise.
+        // Without allocations: randn_into and step_into with the noise given.
         let eps = stand_in_model(&x3, &base, t, 1000);
-        if options.eta > 0.0 {
+        if ETA > 0.0 {
             g3.randn_into(&mut noise);
         }
-        s.step_into_with_noise(&eps, t, &x3, &options, &noise, &mut out)
+        let (prev, x0) = (&mut out.prev_sample, &mut out.pred_original_sample);
+        s.step_into(&eps, t, &x3, options(NoiseSource::given(&noise)), prev, x0)
             .expect("step");
         std::mem::swap(&mut x3, &mut out.prev_sample);
     }
@@ -520,38 +521,59 @@ fn documented_recipes_give_the_same_bits_as_step_with_generator() {
     assert_eq!(g1, g3);
 }
 
+/// A [`NoiseSource::Torch`] step with `eta`.
+fn torch_noise(eta: f64, g: &mut TorchGenerator) -> StepOptions<'_, f32> {
+    StepOptions {
+        eta,
+        noise: NoiseSource::Torch(g),
+        ..Default::default()
+    }
+}
+
 #[test]
-fn step_with_generator_draws_nothing_at_eta_zero_or_on_error() {
+fn a_torch_noise_source_draws_nothing_at_eta_zero_or_on_error() {
     let mut s = DdimScheduler::new(Default::default()).expect("scheduler");
     let x = ArrayD::<f32>::from_elem(IxDyn(&[1, 4, 8, 8]), 0.5);
     let eps = x.mapv(|v| v * 0.1);
     let fresh = TorchGenerator::manual_seed(1);
     let mut g = fresh.clone();
-    let eta = |eta| StepOptions {
-        eta,
-        ..Default::default()
-    };
 
     // Before set_timesteps.
     let err = s
-        .step_with_generator(&eps, 500, &x, &eta(1.0), &mut g)
+        .step_with(&eps, 500, &x, torch_noise(1.0, &mut g))
         .unwrap_err();
     assert!(matches!(err, DdimError::TimestepsNotSet), "{err}");
     assert_eq!(g, fresh);
     s.set_timesteps(10).expect("steps");
 
-    // eta = 0 is the deterministic step, and draws nothing.
+    // eta = 0 is the deterministic step, and draws nothing, whatever the destination.
     let det = s.step(&eps, 500, &x).expect("step");
     let out = s
-        .step_with_generator(&eps, 500, &x, &eta(0.0), &mut g)
+        .step_with(&eps, 500, &x, torch_noise(0.0, &mut g))
         .expect("step");
     assert_eq!(out, det);
+    assert_eq!(g, fresh);
+    let mut into = DdimSchedulerOutput::zeros(x.raw_dim());
+    let (prev, x0) = (&mut into.prev_sample, &mut into.pred_original_sample);
+    s.step_into(&eps, 500, &x, torch_noise(0.0, &mut g), prev, x0)
+        .expect("step_into");
+    assert_eq!(into, det);
+    assert_eq!(g, fresh);
+    let mut in_place = x.clone();
+    s.step_in_place(&eps, 500, &mut in_place, torch_noise(0.0, &mut g))
+        .expect("step_in_place");
+    assert_eq!(in_place, det.prev_sample);
+    assert_eq!(g, fresh);
+    let batch = s
+        .step_batch(&eps, &[500], &x, torch_noise(0.0, &mut g))
+        .expect("step_batch");
+    assert_eq!(batch, det);
     assert_eq!(g, fresh);
 
     // Errors leave the generator as it was, whether or not the noise was already drawn.
     for bad in [f64::NAN, -1.0, f64::INFINITY] {
         let err = s
-            .step_with_generator(&eps, 500, &x, &eta(bad), &mut g)
+            .step_with(&eps, 500, &x, torch_noise(bad, &mut g))
             .unwrap_err();
         assert!(
             matches!(err, DdimError::InvalidEta { .. }),
@@ -560,18 +582,33 @@ fn step_with_generator_draws_nothing_at_eta_zero_or_on_error() {
         assert_eq!(g, fresh);
     }
     let err = s
-        .step_with_generator(&eps, 5000, &x, &eta(1.0), &mut g)
+        .step_with(&eps, 5000, &x, torch_noise(1.0, &mut g))
         .unwrap_err();
     assert!(matches!(err, DdimError::TimestepOutOfRange { .. }), "{err}");
     let wrong = ArrayD::<f32>::zeros(IxDyn(&[1, 4, 8, 9]));
     let err = s
-        .step_with_generator(&wrong, 500, &x, &eta(1.0), &mut g)
+        .step_with(&wrong, 500, &x, torch_noise(1.0, &mut g))
         .unwrap_err();
     assert!(matches!(err, DdimError::ShapeMismatch { .. }), "{err}");
     assert_eq!(g, fresh);
+    let mut wrong_buffer = DdimSchedulerOutput::<f32, _>::zeros(IxDyn(&[1, 4, 8, 9]));
+    let (prev, x0) = (
+        &mut wrong_buffer.prev_sample,
+        &mut wrong_buffer.pred_original_sample,
+    );
+    let err = s
+        .step_into(&eps, 500, &x, torch_noise(1.0, &mut g), prev, x0)
+        .unwrap_err();
+    assert!(matches!(err, DdimError::ShapeMismatch { .. }), "{err}");
+    assert_eq!(g, fresh);
+    let err = s
+        .step_batch(&eps, &[500, 400], &x, torch_noise(1.0, &mut g))
+        .unwrap_err();
+    assert!(matches!(err, DdimError::BatchSizeMismatch { .. }), "{err}");
+    assert_eq!(g, fresh);
 
     // eta > 0 draws exactly one randn of the sample's shape.
-    s.step_with_generator(&eps, 500, &x, &eta(1.0), &mut g)
+    s.step_with(&eps, 500, &x, torch_noise(1.0, &mut g))
         .expect("step");
     let mut expected = fresh.clone();
     let _: ArrayD<f32> = expected.randn(IxDyn(&[1, 4, 8, 8]));
