@@ -14,8 +14,8 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ddim::ndarray::{Array4, Axis};
 use ddim::{
-    BetaSchedule, DdimConfig, DdimScheduler, DdimSchedulerOutput, NoiseSource, PredictionType, StepOptions,
-    StepScalars,
+    BetaSchedule, DdimConfig, DdimScheduler, DdimSchedulerOutput, NoiseSource, PredictionType,
+    StepOptions, StepScalars,
 };
 use rand::rngs::SmallRng;
 use rand::SeedableRng;

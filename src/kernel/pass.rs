@@ -40,12 +40,15 @@ pub(super) fn portable<T: DdimFloat>(
 /// one vectorised loop even when the noise comes from a generator one value at a time.
 pub(super) const BLOCK: usize = 256;
 
+/// A generator that fills a block of noise at a time.
+type Draw<'a, T> = &'a mut dyn FnMut(&mut [T]);
+
 /// The noise of the contiguous path, handed out block by block.
 struct NoiseBlocks<'a, T> {
     /// Given noise not yet handed out.
     given: Option<&'a [T]>,
     /// The generator of drawn noise.
-    draw: Option<&'a mut dyn FnMut(&mut [T])>,
+    draw: Option<Draw<'a, T>>,
     /// Drawn noise of the current block, or zeros.
     buffer: [T; BLOCK],
 }
@@ -131,9 +134,14 @@ fn for_each_element<T: DdimFloat>(
                 Noise::Given(z) => zip
                     .and(&z)
                     .for_each(|p, x, &s, &m, &z| (*p, *x) = element(s, m, z)),
-                Noise::Drawn(draw) => zip.for_each(|p, x, &s, &m| {
-                    (*p, *x) = element(s, m, draw_one(draw));
-                }),
+                // Drawn noise follows the row-major order of the elements whatever the memory
+                // layout (`Zip` visits them in memory order), so iterate logically.
+                Noise::Drawn(draw) => {
+                    let outputs = p.iter_mut().zip(x.iter_mut());
+                    for ((p, x), (&s, &m)) in outputs.zip(s.iter().zip(m.iter())) {
+                        (*p, *x) = element(s, m, draw_one(draw));
+                    }
+                }
                 Noise::Zero => zip.for_each(|p, x, &s, &m| (*p, *x) = element(s, m, T::ZERO)),
             }
         }
@@ -158,7 +166,11 @@ fn for_each_element<T: DdimFloat>(
             let zip = Zip::from(&mut s).and(m);
             match noise {
                 Noise::Given(z) => zip.and(&z).for_each(|s, &m, &z| *s = element(*s, m, z).0),
-                Noise::Drawn(draw) => zip.for_each(|s, &m| *s = element(*s, m, draw_one(draw)).0),
+                Noise::Drawn(draw) => {
+                    for (s, &m) in s.iter_mut().zip(m.iter()) {
+                        *s = element(*s, m, draw_one(draw)).0;
+                    }
+                }
                 Noise::Zero => zip.for_each(|s, &m| *s = element(*s, m, T::ZERO).0),
             }
         }

@@ -267,8 +267,6 @@ fn rng_noise_is_standard_normal_draws_in_row_major_order() {
 /// follow the row-major order of the elements, as `NoiseSource::Rng` documents, so the result
 /// does not depend on the memory layout.
 #[test]
-#[ignore = "src bug: the kernel's Zip path (kernel/pass.rs, for_each_element) draws Rng noise \
-            in memory order, column-major here, for step_into and step_in_place"]
 fn rng_noise_follows_row_major_order_in_column_major_arrays() {
     for (name, config) in noise_order_configs() {
         let s = scheduler(config, 10);
