@@ -1,16 +1,38 @@
 //! Every way of misusing the crate must come back as a `DdimError` (never a panic), with the
 //! variant that names the problem and a message that says what was wrong and what is accepted.
 
-use crate::common::ScratchDir;
+use crate::common::{scheduler, ScratchDir};
 
-use ddim::ndarray::{Array, Array0, Array1, Array2, Array4, ArrayD, IxDyn};
-use ddim::{DdimConfig, DdimError, DdimScheduler, StepOptions, MAX_TRAIN_TIMESTEPS};
+use ddim::ndarray::{Array, Array0, Array1, Array2, Array4, ArrayD, ArrayRef, Dimension, IxDyn};
+use ddim::{
+    DdimConfig, DdimError, DdimFloat, DdimScheduler, DdimSchedulerOutput, NoiseSource, StepOptions,
+    TorchGenerator, MAX_TRAIN_TIMESTEPS,
+};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
+
+/// The error of `result`, which must match `pattern` (and its guard, whose bindings are
+/// references): the assertion every test here makes. A failure shows the pattern and what came
+/// back instead.
+macro_rules! assert_err {
+    ($result:expr, $pattern:pat $(if $guard:expr)? $(,)?) => {
+        match $result {
+            Ok(_) => panic!("expected {}, got Ok", stringify!($pattern)),
+            Err(err) => {
+                assert!(
+                    matches!(&err, $pattern $(if $guard)?),
+                    "expected {}, got {err:?}",
+                    stringify!($pattern)
+                );
+                err
+            }
+        }
+    };
+}
 
 /// Parses `json`, which must be rejected, and returns the error.
 fn rejected(json: &str) -> DdimError {
@@ -95,32 +117,46 @@ fn assert_shape_mismatch(err: DdimError, name: &str, found: &[usize], expected: 
     }
 }
 
-/// A default scheduler (1000 training timesteps) with `n` inference steps.
-fn scheduler_with_steps(n: usize) -> DdimScheduler {
-    let mut s = DdimScheduler::new(DdimConfig::default()).expect("default config");
-    s.set_timesteps(n).expect("valid step count");
-    s
-}
-
 fn thresholding_scheduler() -> DdimScheduler {
     let config = DdimConfig {
         thresholding: true,
         ..DdimConfig::default()
     };
-    let mut s = DdimScheduler::new(config).expect("thresholding config");
-    s.set_timesteps(10).expect("10 steps");
-    s
+    scheduler(config, 10)
 }
 
-fn eta(eta: f64) -> StepOptions {
+/// The options of a step with `eta` and noise from `noise`.
+fn options<T>(eta: f64, noise: NoiseSource<'_, T>) -> StepOptions<'_, T> {
     StepOptions {
         eta,
-        ..StepOptions::default()
+        noise,
+        use_clipped_model_output: false,
     }
+}
+
+/// The options of a step with `eta` and no noise source.
+fn eta<'a, T>(eta: f64) -> StepOptions<'a, T> {
+    options(eta, NoiseSource::None)
 }
 
 fn rng() -> StdRng {
     StdRng::seed_from_u64(0x5eed)
+}
+
+/// Calls `f` with the options of a step with `eta` and each noise source in turn: none, `noise`
+/// given, a seeded `rand` generator and a seeded torch generator. Only the step's last check
+/// looks at the source, so an error that an earlier check finds must not depend on it.
+fn for_each_source<T: DdimFloat, D: Dimension>(
+    eta: f64,
+    noise: &ArrayRef<T, D>,
+    mut f: impl FnMut(StepOptions<'_, T>),
+) {
+    let mut rng = rng();
+    let mut generator = TorchGenerator::manual_seed(0);
+    f(options(eta, NoiseSource::None));
+    f(options(eta, NoiseSource::given(noise)));
+    f(options(eta, NoiseSource::Rng(&mut rng)));
+    f(options(eta, NoiseSource::Torch(&mut generator)));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -585,18 +621,14 @@ fn json_array_is_not_a_config() {
 
 #[test]
 fn zero_inference_steps_is_rejected_and_keeps_previous_timesteps() {
-    let mut s = scheduler_with_steps(5);
+    let mut s = scheduler(DdimConfig::default(), 5);
     let before = s.timesteps().to_vec();
-    let err = s.set_timesteps(0).expect_err("0 steps");
-    assert!(
-        matches!(
-            err,
-            DdimError::InvalidNumInferenceSteps {
-                requested: 0,
-                num_train_timesteps: 1000
-            }
-        ),
-        "{err:?}"
+    let err = assert_err!(
+        s.set_timesteps(0),
+        DdimError::InvalidNumInferenceSteps {
+            requested: 0,
+            num_train_timesteps: 1000
+        }
     );
     let message = err.to_string();
     assert!(
@@ -609,18 +641,14 @@ fn zero_inference_steps_is_rejected_and_keeps_previous_timesteps() {
 
 #[test]
 fn more_inference_steps_than_training_timesteps_is_rejected_and_keeps_previous_timesteps() {
-    let mut s = scheduler_with_steps(4);
+    let mut s = scheduler(DdimConfig::default(), 4);
     let before = s.timesteps().to_vec();
-    let err = s.set_timesteps(1001).expect_err("1001 steps of 1000");
-    assert!(
-        matches!(
-            err,
-            DdimError::InvalidNumInferenceSteps {
-                requested: 1001,
-                num_train_timesteps: 1000
-            }
-        ),
-        "{err:?}"
+    let err = assert_err!(
+        s.set_timesteps(1001),
+        DdimError::InvalidNumInferenceSteps {
+            requested: 1001,
+            num_train_timesteps: 1000
+        }
     );
     assert!(err.to_string().contains("1001"), "{err}");
     assert_eq!(s.timesteps(), before.as_slice());
@@ -638,7 +666,7 @@ fn failed_set_timesteps_on_a_fresh_scheduler_leaves_it_unset() {
     assert!(s.timesteps().is_empty());
     assert_eq!(s.num_inference_steps(), None);
     let x = Array2::<f32>::zeros((1, 2));
-    assert!(matches!(s.step(&x, 0, &x), Err(DdimError::TimestepsNotSet)));
+    assert_err!(s.step(&x, 0, &x), DdimError::TimestepsNotSet);
 }
 
 #[test]
@@ -651,24 +679,17 @@ fn leading_schedule_pushed_past_the_last_timestep_is_rejected() {
     s.set_timesteps(50).expect("50 steps");
     let before = s.timesteps().to_vec();
 
-    let err = s.set_timesteps(1000).expect_err("timestep 1000 of 1000");
-    let message = err.to_string();
-    match err {
+    let err = assert_err!(
+        s.set_timesteps(1000),
         DdimError::ScheduleOutOfRange {
             spacing,
-            num_inference_steps,
-            steps_offset,
-            largest_timestep,
-            num_train_timesteps,
-        } => {
-            assert_eq!(spacing, "leading");
-            assert_eq!(num_inference_steps, 1000);
-            assert_eq!(steps_offset, 1);
-            assert_eq!(largest_timestep, 1000);
-            assert_eq!(num_train_timesteps, 1000);
-        }
-        other => panic!("expected ScheduleOutOfRange, got {other:?}"),
-    }
+            num_inference_steps: 1000,
+            steps_offset: 1,
+            largest_timestep: 1000,
+            num_train_timesteps: 1000,
+        } if spacing == "leading"
+    );
+    let message = err.to_string();
     assert!(message.contains("timestep 1000"), "{message}");
     assert!(message.contains("0..=999"), "{message}");
     assert!(message.contains("steps_offset 1"), "{message}");
@@ -687,16 +708,12 @@ fn huge_steps_offset_is_rejected_without_overflow() {
         ..DdimConfig::default()
     };
     let mut s = DdimScheduler::new(config).expect("offset is not validated up front");
-    let err = s.set_timesteps(10).expect_err("offset beyond everything");
-    assert!(
-        matches!(
-            err,
-            DdimError::ScheduleOutOfRange {
-                steps_offset: usize::MAX,
-                ..
-            }
-        ),
-        "{err:?}"
+    assert_err!(
+        s.set_timesteps(10),
+        DdimError::ScheduleOutOfRange {
+            steps_offset: usize::MAX,
+            ..
+        }
     );
 }
 
@@ -708,34 +725,27 @@ fn huge_steps_offset_is_rejected_without_overflow() {
 fn step_before_set_timesteps_is_timesteps_not_set() {
     let s = DdimScheduler::new(DdimConfig::default()).expect("default");
     let x = Array4::<f32>::zeros((1, 4, 8, 8));
-    let err = s.step(&x, 500, &x).expect_err("no timesteps");
-    assert!(matches!(err, DdimError::TimestepsNotSet), "{err:?}");
+    let err = assert_err!(s.step(&x, 500, &x), DdimError::TimestepsNotSet);
     assert!(err.to_string().contains("set_timesteps"), "{err}");
 
-    let err = s
-        .step_with_noise(&x, 500, &x, &eta(1.0), &x)
-        .expect_err("no timesteps");
-    assert!(matches!(err, DdimError::TimestepsNotSet), "{err:?}");
-    let err = s
-        .step_with_rng(&x, 500, &x, &eta(1.0), &mut rng())
-        .expect_err("no timesteps");
-    assert!(matches!(err, DdimError::TimestepsNotSet), "{err:?}");
+    for_each_source(1.0, &x, |options| {
+        assert_err!(
+            s.step_with(&x, 500, &x, options),
+            DdimError::TimestepsNotSet
+        );
+    });
 }
 
 #[test]
 fn timestep_equal_to_num_train_timesteps_is_out_of_range() {
-    let s = scheduler_with_steps(10);
+    let s = scheduler(DdimConfig::default(), 10);
     let x = Array2::<f32>::zeros((2, 3));
-    let err = s.step(&x, 1000, &x).expect_err("timestep 1000");
-    assert!(
-        matches!(
-            err,
-            DdimError::TimestepOutOfRange {
-                timestep: 1000,
-                num_train_timesteps: 1000
-            }
-        ),
-        "{err:?}"
+    let err = assert_err!(
+        s.step(&x, 1000, &x),
+        DdimError::TimestepOutOfRange {
+            timestep: 1000,
+            num_train_timesteps: 1000
+        }
     );
     let message = err.to_string();
     assert!(
@@ -749,28 +759,26 @@ fn timestep_equal_to_num_train_timesteps_is_out_of_range() {
 
 #[test]
 fn timestep_far_above_num_train_timesteps_is_out_of_range() {
-    let s = scheduler_with_steps(10);
+    let s = scheduler(DdimConfig::default(), 10);
     let x = Array2::<f64>::zeros((2, 3));
     for t in [1001, 1_000_000, usize::MAX] {
-        let err = s.step(&x, t, &x).expect_err("far timestep");
-        assert!(
-            matches!(err, DdimError::TimestepOutOfRange { timestep, .. } if timestep == t),
-            "{err:?}"
+        let err = assert_err!(
+            s.step(&x, t, &x),
+            DdimError::TimestepOutOfRange { timestep, .. } if *timestep == t
         );
         assert!(err.to_string().contains(&t.to_string()), "{err}");
-        let err = s
-            .step_with_rng(&x, t, &x, &eta(0.5), &mut rng())
-            .expect_err("far timestep");
-        assert!(
-            matches!(err, DdimError::TimestepOutOfRange { .. }),
-            "{err:?}"
-        );
+        for_each_source(0.5, &x, |options| {
+            assert_err!(
+                s.step_with(&x, t, &x, options),
+                DdimError::TimestepOutOfRange { .. }
+            );
+        });
     }
 }
 
 #[test]
 fn model_output_of_another_shape_is_shape_mismatch_naming_both_shapes() {
-    let s = scheduler_with_steps(10);
+    let s = scheduler(DdimConfig::default(), 10);
     let output = Array4::<f32>::zeros((1, 4, 8, 8));
     let sample = Array4::<f32>::zeros((1, 4, 8, 9));
     let err = s.step(&output, 500, &sample).expect_err("shapes differ");
@@ -779,34 +787,40 @@ fn model_output_of_another_shape_is_shape_mismatch_naming_both_shapes() {
     // Also when the number of axes differs (dynamic dimensionality).
     let output = ArrayD::<f32>::zeros(IxDyn(&[2, 3]));
     let sample = ArrayD::<f32>::zeros(IxDyn(&[2, 3, 1]));
-    let err = s.step(&output, 500, &sample).expect_err("ranks differ");
-    assert!(
-        matches!(&err, DdimError::ShapeMismatch { found, expected, .. }
-            if found == &[2, 3] && expected == &[2, 3, 1]),
-        "{err:?}"
+    assert_err!(
+        s.step(&output, 500, &sample),
+        DdimError::ShapeMismatch { found, expected, .. }
+            if found == &[2, 3] && expected == &[2, 3, 1]
     );
 
-    // The same check guards the noisy steps.
+    // The same check guards the noisy steps, whatever their noise source.
     let output = Array2::<f32>::zeros((2, 3));
     let sample = Array2::<f32>::zeros((3, 2));
-    let err = s
-        .step_with_rng(&output, 500, &sample, &eta(1.0), &mut rng())
-        .expect_err("shapes differ");
-    assert_shape_mismatch(err, "model_output", &[2, 3], &[3, 2]);
-    let err = s
-        .step_with_noise(&output, 500, &sample, &eta(1.0), &sample)
-        .expect_err("shapes differ");
-    assert_shape_mismatch(err, "model_output", &[2, 3], &[3, 2]);
+    for_each_source(1.0, &sample, |options| {
+        let err = s
+            .step_with(&output, 500, &sample, options)
+            .expect_err("shapes differ");
+        assert_shape_mismatch(err, "model_output", &[2, 3], &[3, 2]);
+    });
 }
 
 #[test]
 fn variance_noise_of_another_shape_is_shape_mismatch_even_at_eta_zero() {
-    let s = scheduler_with_steps(10);
+    let s = scheduler(DdimConfig::default(), 10);
     let x = Array2::<f32>::zeros((2, 3));
     let noise = Array2::<f32>::zeros((2, 4));
     for e in [0.0, 1.0] {
+        let given = || options(e, NoiseSource::given(&noise));
+        let err = s.step_with(&x, 500, &x, given()).expect_err("noise shape");
+        assert_shape_mismatch(err, "variance_noise", &[2, 4], &[2, 3]);
+        // Every destination, and the per-item batch, check it too.
+        let mut sample = x.clone();
         let err = s
-            .step_with_noise(&x, 500, &x, &eta(e), &noise)
+            .step_in_place(&x, 500, &mut sample, given())
+            .expect_err("noise shape");
+        assert_shape_mismatch(err, "variance_noise", &[2, 4], &[2, 3]);
+        let err = s
+            .step_batch(&x, &[900, 100], &x, given())
             .expect_err("noise shape");
         assert_shape_mismatch(err, "variance_noise", &[2, 4], &[2, 3]);
     }
@@ -817,24 +831,18 @@ fn thresholding_a_one_dimensional_array_is_too_few_axes() {
     let s = thresholding_scheduler();
     let x = Array1::<f32>::from_elem(6, 0.5);
     let check = |result: Result<_, DdimError>| {
-        let err = result.expect_err("1-D thresholding");
-        let message = err.to_string();
-        assert!(
-            matches!(
-                err,
-                DdimError::TooFewAxes {
-                    found: 1,
-                    required: 2,
-                    ..
-                }
-            ),
-            "{err:?}"
+        let err = assert_err!(
+            result,
+            DdimError::TooFewAxes {
+                found: 1,
+                required: 2,
+                ..
+            }
         );
-        assert!(message.contains("thresholding"), "{message}");
+        assert!(err.to_string().contains("thresholding"), "{err}");
     };
     check(s.step(&x, 500, &x));
-    check(s.step_with_noise(&x, 500, &x, &eta(1.0), &x));
-    check(s.step_with_rng(&x, 500, &x, &eta(1.0), &mut rng()));
+    for_each_source(1.0, &x, |options| check(s.step_with(&x, 500, &x, options)));
 
     // Two axes (batch and features) are enough.
     let x2 = Array2::<f32>::from_elem((2, 3), 0.5);
@@ -843,13 +851,13 @@ fn thresholding_a_one_dimensional_array_is_too_few_axes() {
     assert!(out.prev_sample.iter().all(|v| v.is_finite()));
 
     // Without thresholding a 1-D array is fine.
-    let plain = scheduler_with_steps(10);
+    let plain = scheduler(DdimConfig::default(), 10);
     assert!(plain.step(&x, 500, &x).is_ok());
 }
 
 #[test]
-fn bad_eta_is_invalid_eta_in_step_with_noise() {
-    let s = scheduler_with_steps(10);
+fn bad_eta_is_invalid_eta_with_given_noise() {
+    let s = scheduler(DdimConfig::default(), 10);
     let x = Array2::<f32>::from_elem((2, 3), 0.25);
     for bad in [
         -0.5,
@@ -858,45 +866,113 @@ fn bad_eta_is_invalid_eta_in_step_with_noise() {
         f64::INFINITY,
         f64::NEG_INFINITY,
     ] {
-        let err = s
-            .step_with_noise(&x, 500, &x, &eta(bad), &x)
-            .expect_err("bad eta");
+        let err = assert_err!(
+            s.step_with(&x, 500, &x, options(bad, NoiseSource::given(&x))),
+            DdimError::InvalidEta { eta }
+                if eta.to_bits() == bad.to_bits() || (eta.is_nan() && bad.is_nan())
+        );
         let message = err.to_string();
-        match err {
-            DdimError::InvalidEta { eta } => {
-                assert!(
-                    eta.to_bits() == bad.to_bits() || (eta.is_nan() && bad.is_nan()),
-                    "{eta} vs {bad}"
-                );
-            }
-            other => panic!("eta {bad}: expected InvalidEta, got {other:?}"),
-        }
         assert!(message.contains(&bad.to_string()), "{message}");
         assert!(message.contains(">= 0"), "{message}");
     }
 }
 
 #[test]
-fn bad_eta_is_invalid_eta_in_step_with_rng() {
-    let s = scheduler_with_steps(10);
+fn bad_eta_is_invalid_eta_with_drawn_noise() {
+    let s = scheduler(DdimConfig::default(), 10);
     let x = Array2::<f64>::from_elem((2, 3), 0.25);
+    let t = thresholding_scheduler();
     for bad in [-1.0, f64::NAN, f64::INFINITY] {
-        let err = s
-            .step_with_rng(&x, 500, &x, &eta(bad), &mut rng())
-            .expect_err("bad eta");
-        assert!(
-            matches!(err, DdimError::InvalidEta { eta } if eta.to_bits() == bad.to_bits()
-                || (eta.is_nan() && bad.is_nan())),
-            "{err:?}"
-        );
-        assert!(err.to_string().contains(&bad.to_string()), "{err}");
+        let (mut rng, mut generator) = (rng(), TorchGenerator::manual_seed(0));
+        for options in [
+            options(bad, NoiseSource::Rng(&mut rng)),
+            options(bad, NoiseSource::Torch(&mut generator)),
+        ] {
+            let err = assert_err!(
+                s.step_with(&x, 500, &x, options),
+                DdimError::InvalidEta { eta }
+                    if eta.to_bits() == bad.to_bits() || (eta.is_nan() && bad.is_nan())
+            );
+            assert!(err.to_string().contains(&bad.to_string()), "{err}");
+        }
+        // Nothing was drawn.
+        assert_eq!(rng, self::rng());
+        assert!(generator == TorchGenerator::manual_seed(0));
     }
     // Also with thresholding, where the step runs per batch item.
-    let t = thresholding_scheduler();
-    let err = t
-        .step_with_rng(&x, 500, &x, &eta(f64::INFINITY), &mut rng())
-        .expect_err("infinite eta");
-    assert!(matches!(err, DdimError::InvalidEta { .. }), "{err:?}");
+    assert_err!(
+        t.step_with(
+            &x,
+            500,
+            &x,
+            options(f64::INFINITY, NoiseSource::Rng(&mut rng()))
+        ),
+        DdimError::InvalidEta { .. }
+    );
+}
+
+/// `eta > 0` with no noise source is an error, not a silent deterministic step; it is the last
+/// check of a step, so any other problem is reported instead.
+#[test]
+fn positive_eta_without_a_noise_source_is_missing_noise() {
+    let s = scheduler(DdimConfig::default(), 10);
+    let x = Array2::<f32>::from_elem((2, 3), 0.25);
+    for e in [0.5, 1.0, f64::MIN_POSITIVE, 1e39] {
+        let missing = |result: Result<_, DdimError>| {
+            let err = assert_err!(
+                result,
+                DdimError::MissingNoise { eta } if eta.to_bits() == e.to_bits()
+            );
+            let message = err.to_string();
+            assert!(
+                message.contains(&format!("eta is {e}")) && message.contains("NoiseSource"),
+                "{message}"
+            );
+        };
+        missing(s.step_with(&x, 500, &x, eta(e)).map(drop));
+        missing(s.step_batch(&x, &[900, 100], &x, eta(e)).map(drop));
+        // The caller's buffers and sample are left untouched.
+        let mut out = DdimSchedulerOutput::zeros(x.raw_dim());
+        out.prev_sample.fill(7.0);
+        let before = out.clone();
+        let (prev, x0) = (&mut out.prev_sample, &mut out.pred_original_sample);
+        missing(s.step_into(&x, 500, &x, eta(e), prev, x0));
+        assert_eq!(out, before);
+        let mut sample = x.clone();
+        missing(s.step_in_place(&x, 500, &mut sample, eta(e)));
+        assert_eq!(sample, x);
+    }
+    // eta = 0, of either sign, needs no noise.
+    let plain = s.step(&x, 500, &x).expect("step");
+    for e in [0.0, -0.0] {
+        assert_eq!(s.step_with(&x, 500, &x, eta(e)).expect("eta 0"), plain);
+    }
+    // Every other problem comes first.
+    let other = Array2::<f32>::zeros((3, 2));
+    let err = s.step_with(&other, 500, &x, eta(1.0)).expect_err("shape");
+    assert_shape_mismatch(err, "model_output", &[3, 2], &[2, 3]);
+    let mut buffer = other.clone();
+    let err = s
+        .step_into(&x, 500, &x, eta(1.0), &mut buffer, &mut other.clone())
+        .expect_err("buffer shape");
+    assert_shape_mismatch(err, "prev_sample", &[3, 2], &[2, 3]);
+    assert_err!(
+        s.step_with(&x, 500, &x, eta(f64::NAN)),
+        DdimError::InvalidEta { .. }
+    );
+    assert_err!(
+        s.step_with(&x, 1000, &x, eta(1.0)),
+        DdimError::TimestepOutOfRange { .. }
+    );
+    assert_err!(
+        s.step_batch(&x, &[900], &x, eta(1.0)),
+        DdimError::BatchSizeMismatch { .. }
+    );
+    let line = Array1::<f32>::zeros(4);
+    assert_err!(
+        thresholding_scheduler().step_with(&line, 500, &line, eta(1.0)),
+        DdimError::TooFewAxes { .. }
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -905,13 +981,12 @@ fn bad_eta_is_invalid_eta_in_step_with_rng() {
 
 #[test]
 fn add_noise_needs_one_timestep_per_batch_item() {
-    let s = scheduler_with_steps(10);
+    let s = scheduler(DdimConfig::default(), 10);
     let x = Array2::<f32>::zeros((3, 4));
     for timesteps in [&[10usize, 20][..], &[10, 20, 30, 40][..], &[][..]] {
-        let err = s.add_noise(&x, &x, timesteps).expect_err("count differs");
-        assert!(
-            matches!(err, DdimError::BatchSizeMismatch { count, batch_size: 3 } if count == timesteps.len()),
-            "{err:?}"
+        let err = assert_err!(
+            s.add_noise(&x, &x, timesteps),
+            DdimError::BatchSizeMismatch { count, batch_size: 3 } if *count == timesteps.len()
         );
         let message = err.to_string();
         assert!(
@@ -924,18 +999,14 @@ fn add_noise_needs_one_timestep_per_batch_item() {
 
 #[test]
 fn get_velocity_needs_one_timestep_per_batch_item() {
-    let s = scheduler_with_steps(10);
+    let s = scheduler(DdimConfig::default(), 10);
     let x = Array4::<f64>::zeros((2, 1, 2, 2));
-    let err = s.get_velocity(&x, &x, &[5]).expect_err("count differs");
-    assert!(
-        matches!(
-            err,
-            DdimError::BatchSizeMismatch {
-                count: 1,
-                batch_size: 2
-            }
-        ),
-        "{err:?}"
+    assert_err!(
+        s.get_velocity(&x, &x, &[5]),
+        DdimError::BatchSizeMismatch {
+            count: 1,
+            batch_size: 2
+        }
     );
 }
 
@@ -943,27 +1014,19 @@ fn get_velocity_needs_one_timestep_per_batch_item() {
 fn add_noise_and_get_velocity_refuse_out_of_range_timesteps() {
     let s = DdimScheduler::new(DdimConfig::default()).expect("no set_timesteps needed");
     let x = Array2::<f32>::zeros((2, 3));
-    let err = s.add_noise(&x, &x, &[0, 1000]).expect_err("timestep 1000");
-    assert!(
-        matches!(
-            err,
-            DdimError::TimestepOutOfRange {
-                timestep: 1000,
-                num_train_timesteps: 1000
-            }
-        ),
-        "{err:?}"
+    assert_err!(
+        s.add_noise(&x, &x, &[0, 1000]),
+        DdimError::TimestepOutOfRange {
+            timestep: 1000,
+            num_train_timesteps: 1000
+        }
     );
-    let err = s.get_velocity(&x, &x, &[usize::MAX, 3]).expect_err("huge");
-    assert!(
-        matches!(
-            err,
-            DdimError::TimestepOutOfRange {
-                timestep: usize::MAX,
-                ..
-            }
-        ),
-        "{err:?}"
+    assert_err!(
+        s.get_velocity(&x, &x, &[usize::MAX, 3]),
+        DdimError::TimestepOutOfRange {
+            timestep: usize::MAX,
+            ..
+        }
     );
     // In range works without set_timesteps.
     assert!(s.add_noise(&x, &x, &[0, 999]).is_ok());
@@ -987,24 +1050,18 @@ fn add_noise_and_get_velocity_refuse_mismatched_shapes() {
 fn add_noise_and_get_velocity_need_a_batch_axis() {
     let s = DdimScheduler::new(DdimConfig::default()).expect("default");
     let scalar = Array0::<f32>::from_elem((), 1.0);
-    for err in [
-        s.add_noise(&scalar, &scalar, &[1])
-            .expect_err("0-d add_noise"),
-        s.get_velocity(&scalar, &scalar, &[1])
-            .expect_err("0-d get_velocity"),
-        s.add_noise(&scalar, &scalar, &[])
-            .expect_err("0-d, no timesteps"),
+    for result in [
+        s.add_noise(&scalar, &scalar, &[1]),
+        s.get_velocity(&scalar, &scalar, &[1]),
+        s.add_noise(&scalar, &scalar, &[]),
     ] {
-        assert!(
-            matches!(
-                err,
-                DdimError::TooFewAxes {
-                    found: 0,
-                    required: 1,
-                    ..
-                }
-            ),
-            "{err:?}"
+        let err = assert_err!(
+            result,
+            DdimError::TooFewAxes {
+                found: 0,
+                required: 1,
+                ..
+            }
         );
         assert!(err.to_string().contains("at least 1 axes"), "{err}");
     }
@@ -1037,12 +1094,11 @@ fn missing_config_file_is_io_error_naming_the_path() {
 #[test]
 fn directory_given_as_config_file_is_io_error() {
     let dir = ScratchDir::new("is-a-dir");
-    let err = DdimConfig::from_file(dir.path()).expect_err("a directory");
-    let message = err.to_string();
-    assert!(
-        matches!(&err, DdimError::Io { path, .. } if path == dir.path()),
-        "{err:?}"
+    let err = assert_err!(
+        DdimConfig::from_file(dir.path()),
+        DdimError::Io { path, .. } if path == dir.path()
     );
+    let message = err.to_string();
     assert!(
         message.contains(&dir.path().display().to_string()),
         "{message}"
@@ -1054,16 +1110,14 @@ fn config_file_with_bad_json_is_a_parse_error() {
     let dir = ScratchDir::new("bad-json");
     let path = dir.path().join("scheduler_config.json");
     std::fs::write(&path, "{\n  \"clip_sample\": maybe\n}\n").expect("write");
-    let err = DdimConfig::from_file(&path).expect_err("bad JSON");
-    assert!(
-        matches!(err, DdimError::ConfigParse { line: 2, .. }),
-        "{err:?}"
+    assert_err!(
+        DdimConfig::from_file(&path),
+        DdimError::ConfigParse { line: 2, .. }
     );
     // from_pretrained finds the file and reports the same problem.
-    let err = DdimScheduler::from_pretrained(dir.path()).expect_err("bad JSON");
-    assert!(
-        matches!(err, DdimError::ConfigParse { line: 2, .. }),
-        "{err:?}"
+    assert_err!(
+        DdimScheduler::from_pretrained(dir.path()),
+        DdimError::ConfigParse { line: 2, .. }
     );
 }
 
@@ -1074,20 +1128,16 @@ fn from_pretrained_without_a_config_lists_the_three_paths_tried() {
     std::fs::write(dir.path().join("model_index.json"), "{}").expect("write");
     std::fs::create_dir(dir.path().join("scheduler")).expect("mkdir");
 
-    let err = DdimScheduler::from_pretrained(dir.path()).expect_err("no config");
-    let message = err.to_string();
     let expected = vec![
         dir.path().to_path_buf(),
         dir.path().join("scheduler_config.json"),
         dir.path().join("scheduler").join("scheduler_config.json"),
     ];
-    match err {
-        DdimError::ConfigNotFound { path, tried } => {
-            assert_eq!(path, dir.path());
-            assert_eq!(tried, expected);
-        }
-        other => panic!("expected ConfigNotFound, got {other:?}"),
-    }
+    let err = assert_err!(
+        DdimScheduler::from_pretrained(dir.path()),
+        DdimError::ConfigNotFound { path, tried } if path == dir.path() && tried == &expected
+    );
+    let message = err.to_string();
     for p in &expected {
         assert!(
             message.contains(&format!("`{}`", p.display())),
@@ -1101,10 +1151,9 @@ fn from_pretrained_without_a_config_lists_the_three_paths_tried() {
 fn from_pretrained_on_a_missing_path_is_config_not_found() {
     let dir = ScratchDir::new("missing-path");
     let gone = dir.path().join("not-downloaded-yet");
-    let err = DdimScheduler::from_pretrained(&gone).expect_err("nothing there");
-    assert!(
-        matches!(&err, DdimError::ConfigNotFound { path, tried } if path == &gone && tried.len() == 3),
-        "{err:?}"
+    assert_err!(
+        DdimScheduler::from_pretrained(&gone),
+        DdimError::ConfigNotFound { path, tried } if path == &gone && tried.len() == 3
     );
 }
 
@@ -1123,8 +1172,7 @@ fn assert_empty_inputs_give_empty_outputs(shape: &[usize]) {
             thresholding,
             ..DdimConfig::default()
         };
-        let mut s = DdimScheduler::new(config).expect("config");
-        s.set_timesteps(10).expect("10 steps");
+        let s = scheduler(config, 10);
 
         let out = s.step(&x, 500, &x).expect("empty step");
         assert_eq!(
@@ -1136,7 +1184,7 @@ fn assert_empty_inputs_give_empty_outputs(shape: &[usize]) {
         assert_eq!(out.prev_sample.len(), 0);
 
         let out = s
-            .step_with_noise(&x, 500, &x, &eta(1.0), &x)
+            .step_with(&x, 500, &x, options(1.0, NoiseSource::given(&x)))
             .expect("empty noisy step");
         assert_eq!(
             out.prev_sample.shape(),
@@ -1146,8 +1194,22 @@ fn assert_empty_inputs_give_empty_outputs(shape: &[usize]) {
         assert_eq!(out.pred_original_sample.shape(), shape);
 
         let out = s
-            .step_with_rng(&x, 500, &x, &eta(0.5), &mut rng())
+            .step_with(&x, 500, &x, options(0.5, NoiseSource::Rng(&mut rng())))
             .expect("empty rng step");
+        assert_eq!(
+            out.prev_sample.shape(),
+            shape,
+            "thresholding {thresholding}"
+        );
+        let mut generator = TorchGenerator::manual_seed(0);
+        let out = s
+            .step_with(
+                &x,
+                500,
+                &x,
+                options(0.5, NoiseSource::Torch(&mut generator)),
+            )
+            .expect("empty torch step");
         assert_eq!(
             out.prev_sample.shape(),
             shape,

@@ -6,13 +6,15 @@
 
 use ddim::ndarray::{s, Array1, Array2, ArrayD, Axis, IxDyn, ShapeBuilder};
 use ddim::{
-    BetaSchedule, DdimConfig, DdimError, DdimFloat, DdimScheduler, PredictionType, StepOptions,
-    TimestepSpacing,
+    BetaSchedule, DdimConfig, DdimError, DdimFloat, DdimScheduler, DdimSchedulerOutput,
+    NoiseSource, PredictionType, StepOptions, TimestepSpacing, TorchGenerator,
 };
 use proptest::prelude::*;
 use proptest::test_runner::Config as ProptestConfig;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
+
+use crate::common::{bits, random_array, scheduler, CaseOptions};
 
 /// `cases` cases from a fixed seed (so that CI runs are reproducible; set `PROPTEST_RNG_SEED`
 /// to explore other cases), and no regression files written next to the sources.
@@ -74,16 +76,6 @@ fn positive_f64() -> impl Strategy<Value = f64> {
         0.001..1000.0f64,
         POSITIVE | NORMAL | SUBNORMAL,
     ]
-}
-
-fn scheduler(config: DdimConfig, steps: usize) -> DdimScheduler {
-    let mut s = DdimScheduler::new(config).expect("valid config");
-    s.set_timesteps(steps).expect("valid step count");
-    s
-}
-
-fn bits<T: DdimFloat>(a: &ArrayD<T>) -> Vec<T::Bits> {
-    a.iter().map(|v| v.to_bits()).collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -415,13 +407,6 @@ fn shape_and_seed() -> impl Strategy<Value = (Vec<usize>, u64)> {
     (prop::collection::vec(1usize..5, 2..=4), any::<u64>())
 }
 
-/// Uniform values in `[-range, range]` of the given shape.
-fn random_array<T: DdimFloat>(shape: &[usize], rng: &mut StdRng, range: f64) -> ArrayD<T> {
-    ArrayD::from_shape_simple_fn(IxDyn(shape), || {
-        T::from_f64(rng.random_range(-range..=range))
-    })
-}
-
 // ---------------------------------------------------------------------------------------------
 // 3. Determinism at eta = 0, and scale_model_input
 // ---------------------------------------------------------------------------------------------
@@ -439,23 +424,32 @@ proptest! {
         let s = scheduler(config, steps.min(20));
         let t = *pick.get(s.timesteps());
         let mut rng = StdRng::seed_from_u64(seed);
-        let m = random_array::<f32>(&shape, &mut rng, 3.0);
-        let x = random_array::<f32>(&shape, &mut rng, 3.0);
+        let m = random_array::<f32, _>(&shape, &mut rng, 3.0);
+        let x = random_array::<f32, _>(&shape, &mut rng, 3.0);
         // eta = 0 never reads the noise, so even NaN noise must change nothing.
         let junk_noise = ArrayD::from_elem(IxDyn(&shape), f32::NAN);
-        let zero = StepOptions::default();
+        let eta_zero = CaseOptions { eta: 0.0, use_clipped_model_output: false };
 
         let a = s.step(&m, t, &x).expect("step");
         let b = s.step(&m, t, &x).expect("step");
-        let c = s.step_with_noise(&m, t, &x, &zero, &junk_noise).expect("step");
+        let junk = || eta_zero.with(NoiseSource::given(&junk_noise));
+        let c = s.step_with(&m, t, &x, junk()).expect("step");
         let mut rng_a = StdRng::seed_from_u64(seed ^ 1);
-        let d = s.step_with_rng(&m, t, &x, &zero, &mut rng_a).expect("step");
+        let d = s.step_with(&m, t, &x, eta_zero.with(NoiseSource::Rng(&mut rng_a))).expect("step");
         let mut rng_b = StdRng::seed_from_u64(seed ^ 1);
-        // No draw at eta = 0: the generator is untouched.
+        // No draw at eta = 0: the generators are untouched.
         prop_assert_eq!(rng_a.random::<u64>(), rng_b.random::<u64>());
+        let mut torch = TorchGenerator::manual_seed(seed);
+        let torch_options = eta_zero.with(NoiseSource::Torch(&mut torch));
+        let e = s.step_with(&m, t, &x, torch_options).expect("step");
+        prop_assert!(torch == TorchGenerator::manual_seed(seed));
+        let f = s.step_with(&m, t, &x, StepOptions::default()).expect("step");
+        let mut into = DdimSchedulerOutput::zeros(x.raw_dim());
+        let (prev, x0) = (&mut into.prev_sample, &mut into.pred_original_sample);
+        s.step_into(&m, t, &x, junk(), prev, x0).expect("step");
         let mut in_place = x.clone();
-        s.step_in_place(&m, t, &mut in_place).expect("step");
-        for other in [&b, &c, &d] {
+        s.step_in_place(&m, t, &mut in_place, StepOptions::default()).expect("step");
+        for other in [&b, &c, &d, &e, &f, &into] {
             prop_assert_eq!(bits(&a.prev_sample), bits(&other.prev_sample));
             prop_assert_eq!(bits(&a.pred_original_sample), bits(&other.pred_original_sample));
         }
@@ -579,8 +573,8 @@ proptest! {
         let s = scheduler(config, 10);
         let t = ((t_frac * (big_t - 1) as f64).round() as usize).min(big_t - 1);
         let mut rng = StdRng::seed_from_u64(seed);
-        let x0 = random_array::<f32>(&shape, &mut rng, 2.0);
-        let noise = random_array::<f32>(&shape, &mut rng, 4.0);
+        let x0 = random_array::<f32, _>(&shape, &mut rng, 2.0);
+        let noise = random_array::<f32, _>(&shape, &mut rng, 4.0);
         let worst32 = check_exactness(&s, t, &x0, &noise)?;
         let worst64 = check_exactness(&s, t, &x0.mapv(f64::from), &noise.mapv(f64::from))?;
         prop_assert!(worst32 <= 1.0 && worst64 <= 1.0);
@@ -599,8 +593,8 @@ fn exactness_tolerance_is_tight_enough_to_mean_something() {
         };
         let s = scheduler(config, 10);
         let mut rng = StdRng::seed_from_u64(11);
-        let x0 = random_array::<f32>(&[4, 256], &mut rng, 2.0);
-        let noise = random_array::<f32>(&[4, 256], &mut rng, 4.0);
+        let x0 = random_array::<f32, _>(&[4, 256], &mut rng, 2.0);
+        let noise = random_array::<f32, _>(&[4, 256], &mut rng, 4.0);
         let worst = (0..1000)
             .step_by(7)
             .chain([999])
@@ -647,11 +641,12 @@ fn gaussian_model<T: DdimFloat>(
     out
 }
 
+/// The loop with `options`, its noise given (one array per step).
 fn run_loop<T: DdimFloat>(
     s: &DdimScheduler,
     start: &ArrayD<T>,
     noises: &[ArrayD<f32>],
-    options: &StepOptions,
+    options: CaseOptions,
     mu: &ArrayD<f64>,
 ) -> (ArrayD<T>, ArrayD<T>) {
     let mut x = start.clone();
@@ -659,7 +654,9 @@ fn run_loop<T: DdimFloat>(
     for (&t, noise) in s.timesteps().iter().zip(noises) {
         let m = gaussian_model(s, &x, t, mu, 0.25);
         let noise = noise.mapv(T::from_f32);
-        let out = s.step_with_noise(&m, t, &x, options, &noise).expect("step");
+        let out = s
+            .step_with(&m, t, &x, options.with(NoiseSource::given(&noise)))
+            .expect("step");
         x = out.prev_sample;
         x0 = out.pred_original_sample;
     }
@@ -701,18 +698,18 @@ proptest! {
         let config = DdimConfig { rescale_betas_zero_snr: rescale, sample_max_value, ..config };
         let s = scheduler(config, 20);
         let mut rng = StdRng::seed_from_u64(seed);
-        let start = random_array::<f32>(&shape, &mut rng, 2.5);
-        let mu = random_array::<f64>(&shape, &mut rng, 1.0);
+        let start = random_array::<f32, _>(&shape, &mut rng, 2.5);
+        let mu = random_array::<f64, _>(&shape, &mut rng, 1.0);
         let noises: Vec<ArrayD<f32>> = (0..s.timesteps().len())
-            .map(|_| random_array::<f32>(&shape, &mut rng, 2.0))
+            .map(|_| random_array::<f32, _>(&shape, &mut rng, 2.0))
             .collect();
-        let options = StepOptions { eta, use_clipped_model_output: clipped };
-        let (x32, x0_32) = run_loop(&s, &start, &noises, &options, &mu);
-        let (x64, x0_64) = run_loop(&s, &start.mapv(f64::from), &noises, &options, &mu);
+        let options = CaseOptions { eta, use_clipped_model_output: clipped };
+        let (x32, x0_32) = run_loop(&s, &start, &noises, options, &mu);
+        let (x64, x0_64) = run_loop(&s, &start.mapv(f64::from), &noises, options, &mu);
         let mut kappa = 1.0f64;
         if s.config().prediction_type == PredictionType::Epsilon {
             for &t in s.timesteps() {
-                let k = s.step_scalars(t, &options).expect("scalars");
+                let k = s.step_scalars(t, eta).expect("scalars");
                 kappa = kappa.max(f64::from(k.sqrt_alpha_bar_prev) / f64::from(k.sqrt_alpha_bar));
             }
         }
@@ -769,8 +766,9 @@ proptest! {
     #![proptest_config(cases(128))]
 
     /// A transposed view, a column-major copy and a strided slice give exactly the results of the
-    /// contiguous array, for step, step_with_noise (eta > 0, clipped output), thresholding,
-    /// step_batch, inverse_step and add_noise; results have the input's shape.
+    /// contiguous array, for step, step_with with given noise (eta > 0, clipped output),
+    /// thresholding, step_batch with given noise, inverse_step and add_noise; results have the
+    /// input's shape.
     #[test]
     fn results_are_independent_of_memory_layout(
         config in step_config(),
@@ -780,22 +778,23 @@ proptest! {
     ) {
         let s = scheduler(config, 25);
         let mut rng = StdRng::seed_from_u64(seed);
-        let m = random_array::<f32>(&shape, &mut rng, 3.0);
-        let x = random_array::<f32>(&shape, &mut rng, 3.0);
-        let z = random_array::<f32>(&shape, &mut rng, 2.0);
+        let m = random_array::<f32, _>(&shape, &mut rng, 3.0);
+        let x = random_array::<f32, _>(&shape, &mut rng, 3.0);
+        let z = random_array::<f32, _>(&shape, &mut rng, 2.0);
         let t = s.timesteps()[rng.random_range(0..s.timesteps().len())];
         let batch = shape[0];
         let ts: Vec<usize> = (0..batch)
             .map(|_| s.timesteps()[rng.random_range(0..s.timesteps().len())])
             .collect();
-        let options = StepOptions { eta, use_clipped_model_output: true };
+        let options = CaseOptions { eta, use_clipped_model_output: true };
 
         let reference = |m: ddim::ndarray::ArrayViewD<'_, f32>,
                          x: ddim::ndarray::ArrayViewD<'_, f32>,
                          z: ddim::ndarray::ArrayViewD<'_, f32>| {
             let plain = s.step(&m, t, &x).expect("step");
-            let noisy = s.step_with_noise(&m, t, &x, &options, &z).expect("step");
-            let batch = s.step_batch_with_noise(&m, &ts, &x, &options, &z).expect("batch");
+            let given = || options.with(NoiseSource::given(&z));
+            let noisy = s.step_with(&m, t, &x, given()).expect("step");
+            let batch = s.step_batch(&m, &ts, &x, given()).expect("batch");
             let inverse = s.inverse_step(&m, t, &x).expect("inverse");
             let added = s.add_noise(&x, &z, &ts).expect("add_noise");
             let velocity = s.get_velocity(&x, &z, &ts).expect("velocity");
@@ -831,14 +830,14 @@ fn thresholding_on_a_transposed_view_matches_its_contiguous_copy() {
     let s = scheduler(config, 20);
     let mut rng = StdRng::seed_from_u64(5);
     // Logical shape (5, 3, 4, 6) seen as the transpose of a (6, 4, 3, 5) array.
-    let stored_m = random_array::<f32>(&[6, 4, 3, 5], &mut rng, 6.0);
-    let stored_x = random_array::<f32>(&[6, 4, 3, 5], &mut rng, 6.0);
-    let stored_z = random_array::<f32>(&[6, 4, 3, 5], &mut rng, 1.0);
+    let stored_m = random_array::<f32, _>(&[6, 4, 3, 5], &mut rng, 6.0);
+    let stored_x = random_array::<f32, _>(&[6, 4, 3, 5], &mut rng, 6.0);
+    let stored_z = random_array::<f32, _>(&[6, 4, 3, 5], &mut rng, 1.0);
     let (m, x, z) = (stored_m.t(), stored_x.t(), stored_z.t());
     let standard = |a: ddim::ndarray::ArrayViewD<'_, f32>| a.as_standard_layout().into_owned();
     let (mc, xc, zc) = (standard(m.view()), standard(x.view()), standard(z.view()));
     assert!(!m.is_standard_layout() && mc.is_standard_layout());
-    let options = StepOptions {
+    let options = CaseOptions {
         eta: 0.8,
         use_clipped_model_output: false,
     };
@@ -851,13 +850,17 @@ fn thresholding_on_a_transposed_view_matches_its_contiguous_copy() {
             bits(&b.pred_original_sample),
             "t={t}"
         );
-        let a = s.step_with_noise(&m, t, &x, &options, &z).expect("step");
-        let b = s.step_with_noise(&mc, t, &xc, &options, &zc).expect("step");
+        let a = s
+            .step_with(&m, t, &x, options.with(NoiseSource::given(&z)))
+            .expect("step");
+        let b = s
+            .step_with(&mc, t, &xc, options.with(NoiseSource::given(&zc)))
+            .expect("step");
         assert_eq!(bits(&a.prev_sample), bits(&b.prev_sample), "t={t}");
         // In place on a transposed mutable view.
         let mut stored = stored_x.clone();
         let mut view = stored.view_mut().reversed_axes();
-        s.step_in_place_with_noise(&m, t, &mut view, &options, &z)
+        s.step_in_place(&m, t, &mut view, options.with(NoiseSource::given(&z)))
             .expect("step");
         assert_eq!(bits(&view.to_owned()), bits(&b.prev_sample), "t={t}");
     }
@@ -872,7 +875,9 @@ fn outputs_keep_the_input_shape_for_any_dimensionality() {
     let out = s.step(&a, 500, &a).expect("step");
     assert_eq!(out.prev_sample.dim(), 7);
     let b = Array2::<f64>::from_shape_fn((3, 2), |(i, j)| (i + j) as f64);
-    let out = s.step_batch(&b, &[900, 0, 400], &b).expect("batch");
+    let out = s
+        .step_batch(&b, &[900, 0, 400], &b, StepOptions::default())
+        .expect("batch");
     assert_eq!(out.pred_original_sample.dim(), (3, 2));
     let c = ArrayD::<f32>::from_elem(IxDyn(&[2, 1, 3, 1, 2]), 0.5);
     let out = s.step(
