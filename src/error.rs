@@ -160,6 +160,16 @@ pub enum DdimError {
         eta: f64,
     },
 
+    /// A strict config load found a key no diffusers scheduler knows
+    /// ([`DdimConfig::from_json_str_strict`](crate::DdimConfig::from_json_str_strict)).
+    #[error("unknown scheduler config key `{key}`{}: no diffusers scheduler reads it, so it would be ignored", did_you_mean.map(|k| format!(" (did you mean `{k}`?)")).unwrap_or_default())]
+    UnknownConfigKey {
+        /// The key as written.
+        key: String,
+        /// The DDIM key it is probably a misspelling of.
+        did_you_mean: Option<&'static str>,
+    },
+
     /// A step with `eta > 0` was given no noise source ([`NoiseSource::None`](crate::NoiseSource)).
     #[error("eta is {eta}, so the step needs noise: set StepOptions::noise to a NoiseSource (given noise, a rand generator or a TorchGenerator), or use eta = 0")]
     MissingNoise {

@@ -151,7 +151,9 @@ pub use ndarray;
 pub use rand;
 
 pub use coefficients::StepScalars;
-pub use config::{BetaSchedule, DdimConfig, PredictionType, TimestepSpacing, MAX_TRAIN_TIMESTEPS};
+pub use config::{
+    BetaSchedule, DdimConfig, IgnoredKey, PredictionType, TimestepSpacing, MAX_TRAIN_TIMESTEPS,
+};
 pub use error::DdimError;
 pub use float::DdimFloat;
 pub use guidance::{classifier_free_guidance, classifier_free_guidance_into};

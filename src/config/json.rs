@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use super::keys::{is_used, IgnoredKey};
 use super::DdimConfig;
 use crate::DdimError;
 
@@ -24,6 +25,78 @@ impl DdimConfig {
         let config: DdimConfig = serde_json::from_str(json)?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// The keys of a `scheduler_config.json` text that [`DdimConfig::from_json_str`] does not
+    /// use, in the order of the keys, so that a caller can warn about them or refuse them.
+    ///
+    /// Like diffusers, the loader ignores keys DDIM does not have: a config written for
+    /// another scheduler (`PNDMScheduler`'s `"skip_prk_steps"`) loads as it does in Python.
+    /// But a misspelled key (`"prediction_typ": "v_prediction"`) loads silently as the default,
+    /// so each [`IgnoredKey`] says whether any diffusers scheduler knows the key and, if none
+    /// does, which DDIM key it is probably a typo of. diffusers' private keys (`_class_name`,
+    /// `_diffusers_version`, any key starting with `_`) are not reported.
+    /// [`from_json_str_strict`](DdimConfig::from_json_str_strict) refuses unknown keys instead.
+    ///
+    /// # Errors
+    ///
+    /// [`DdimError::ConfigParse`] for text that is not a JSON object (the values are not
+    /// checked: see [`from_json_str`](DdimConfig::from_json_str)).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use ddim::DdimConfig;
+    ///
+    /// let json = r#"{"_class_name": "PNDMScheduler", "skip_prk_steps": true, "prediction_typ": "v_prediction"}"#;
+    /// let ignored = DdimConfig::ignored_keys(json)?;
+    /// assert_eq!(ignored.len(), 2);
+    /// assert_eq!(ignored[0].did_you_mean, Some("prediction_type")); // a typo
+    /// assert!(ignored[1].known_to_diffusers); // skip_prk_steps: PNDM's, harmless
+    /// # Ok::<(), ddim::DdimError>(())
+    /// ```
+    pub fn ignored_keys(json: &str) -> Result<Vec<IgnoredKey>, DdimError> {
+        require_object(json)?;
+        let object: serde_json::Map<String, serde_json::Value> = serde_json::from_str(json)?;
+        Ok(object
+            .keys()
+            .filter(|key| !is_used(key))
+            .map(|key| IgnoredKey::new(key))
+            .collect())
+    }
+
+    /// [`from_json_str`](DdimConfig::from_json_str) that refuses a key no diffusers scheduler
+    /// knows (a typo such as `"prediction_typ"`, which the lenient loader would ignore, leaving
+    /// the default in place). Keys of other diffusers schedulers and private keys are still
+    /// ignored, so every config diffusers writes loads.
+    ///
+    /// # Errors
+    ///
+    /// [`DdimError::UnknownConfigKey`] naming an unknown key (the first in key order) and, when
+    /// there is one, the
+    /// DDIM key it was probably meant to be; then as
+    /// [`from_json_str`](DdimConfig::from_json_str).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use ddim::DdimConfig;
+    ///
+    /// let err = DdimConfig::from_json_str_strict(r#"{"prediction_typ": "v_prediction"}"#).unwrap_err();
+    /// assert!(err.to_string().contains("did you mean `prediction_type`?"));
+    /// assert!(DdimConfig::from_json_str_strict(r#"{"skip_prk_steps": true}"#).is_ok());
+    /// ```
+    pub fn from_json_str_strict(json: &str) -> Result<Self, DdimError> {
+        if let Some(unknown) = Self::ignored_keys(json)?
+            .into_iter()
+            .find(|key| !key.known_to_diffusers)
+        {
+            return Err(DdimError::UnknownConfigKey {
+                key: unknown.key,
+                did_you_mean: unknown.did_you_mean,
+            });
+        }
+        Self::from_json_str(json)
     }
 
     /// Reads and validates a `scheduler_config.json` file.

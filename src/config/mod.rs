@@ -4,17 +4,22 @@
 //! - this file: the fields, their defaults and their validation (a config is valid when every
 //!   key is in range and the noise schedule it describes can be built);
 //! - `enums`: [`BetaSchedule`], [`PredictionType`], [`TimestepSpacing`] and their spellings;
-//! - `json`: reading and writing the JSON file.
+//! - `json`: reading and writing the JSON file;
+//! - `keys`: the keys DDIM reads, and what the others in a file are (`diffusers_keys` lists
+//!   every key of diffusers' schedulers, written by `scripts/diffusers_scheduler_keys.py`).
 
 use serde::{Deserialize, Serialize};
 
 use crate::schedule::{BetaSource, Schedule, ScheduleProblem};
 use crate::DdimError;
 
+mod diffusers_keys;
 mod enums;
 mod json;
+mod keys;
 
 pub use enums::{BetaSchedule, PredictionType, TimestepSpacing};
+pub use keys::IgnoredKey;
 
 /// The largest `num_train_timesteps` this crate accepts: one million.
 ///

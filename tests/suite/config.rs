@@ -544,3 +544,76 @@ fn to_file_into_a_missing_folder_is_io_error_naming_the_path() {
         "{err}"
     );
 }
+
+/// Every key of the five public models' configs is either read or known to some diffusers
+/// scheduler: nothing in them looks like a typo, and the strict loader accepts them all.
+#[test]
+fn real_configs_have_no_unknown_keys() {
+    let dir = fixture_path("configs");
+    let mut ignored_somewhere = 0;
+    for entry in std::fs::read_dir(&dir).expect("configs folder") {
+        let path = entry.expect("entry").path();
+        let text = std::fs::read_to_string(&path).expect("readable");
+        let ignored = DdimConfig::ignored_keys(&text).expect("a JSON object");
+        for key in &ignored {
+            assert!(key.known_to_diffusers, "{}: {key:?}", path.display());
+            assert_eq!(key.did_you_mean, None);
+            assert!(!key.key.starts_with('_'), "private keys are not reported");
+        }
+        ignored_somewhere += ignored.len();
+        assert_eq!(
+            DdimConfig::from_json_str_strict(&text).expect("strict load"),
+            DdimConfig::from_json_str(&text).expect("lenient load")
+        );
+    }
+    // Stable Diffusion's configs carry PNDMScheduler's `skip_prk_steps`, at least.
+    assert!(ignored_somewhere > 0);
+}
+
+#[test]
+fn a_misspelled_key_is_reported_with_the_key_it_meant() {
+    let json = r#"{
+        "_class_name": "DDIMScheduler",
+        "prediction_typ": "v_prediction",
+        "use_karras_sigmas": true,
+        "guidance": 7.5,
+        "Timestep_Spacing": "trailing"
+    }"#;
+    let ignored = DdimConfig::ignored_keys(json).expect("a JSON object");
+    let described: Vec<(&str, bool, Option<&str>)> = ignored
+        .iter()
+        .map(|k| (k.key.as_str(), k.known_to_diffusers, k.did_you_mean))
+        .collect();
+    // In the order of the keys (byte order: capitals first).
+    assert_eq!(
+        described,
+        [
+            ("Timestep_Spacing", false, Some("timestep_spacing")),
+            ("guidance", false, None),
+            ("prediction_typ", false, Some("prediction_type")),
+            ("use_karras_sigmas", true, None),
+        ]
+    );
+    // The lenient loader ignores all four, as diffusers does (which only warns) ...
+    let lenient = DdimConfig::from_json_str(json).expect("lenient load");
+    assert_eq!(lenient.prediction_type, PredictionType::Epsilon);
+    // ... the strict one refuses an unknown key, naming what it meant.
+    match DdimConfig::from_json_str_strict(
+        r#"{"skip_prk_steps": true, "prediction_typ": "sample"}"#,
+    ) {
+        Err(DdimError::UnknownConfigKey { key, did_you_mean }) => {
+            assert_eq!(key, "prediction_typ");
+            assert_eq!(did_you_mean, Some("prediction_type"));
+        }
+        other => panic!("{other:?}"),
+    }
+    let message = DdimConfig::from_json_str_strict(r#"{"guidance": 1}"#)
+        .expect_err("unknown key")
+        .to_string();
+    assert!(
+        message.contains("`guidance`") && !message.contains("did you mean"),
+        "{message}"
+    );
+    assert!(DdimConfig::ignored_keys("[1, 2]").is_err());
+    assert_eq!(DdimConfig::ignored_keys("{}").expect("empty object"), []);
+}
