@@ -100,6 +100,59 @@ fn non_negative(x: f32) -> f32 {
     }
 }
 
+/// A DDIM step as an affine map, for applying it to tensors that live elsewhere (a GPU, another
+/// library): with `x` the sample, `m` the model output and `z` the noise,
+///
+/// ```text
+/// prev_sample          = prev_from_sample * x + prev_from_model_output * m + prev_from_noise * z
+/// pred_original_sample = x0_from_sample * x + x0_from_model_output * m
+/// ```
+///
+/// Without clipping or thresholding every DDIM update is of this form, for every prediction
+/// type and eta (DDIM paper eq. 12 with the `x0` and `eps` of the prediction type substituted);
+/// [`DdimScheduler::affine_step`](crate::DdimScheduler::affine_step) computes the five
+/// coefficients, in double from the reference's float32 scalars. Applied in float32, the result
+/// agrees with [`DdimScheduler::step`](crate::DdimScheduler::step) within float32 rounding (the
+/// grouping of the operations differs, so not to the bit).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AffineStep {
+    /// The timestep stepped from.
+    pub timestep: usize,
+    /// Weight of the sample in `prev_sample`.
+    pub prev_from_sample: f64,
+    /// Weight of the model output in `prev_sample`.
+    pub prev_from_model_output: f64,
+    /// Weight of the noise in `prev_sample`: `sigma_t`, 0 when `eta = 0`.
+    pub prev_from_noise: f64,
+    /// Weight of the sample in `pred_original_sample`.
+    pub x0_from_sample: f64,
+    /// Weight of the model output in `pred_original_sample`.
+    pub x0_from_model_output: f64,
+}
+
+impl StepScalars {
+    /// The affine form of the step these scalars make, for a prediction type.
+    pub(crate) fn affine(&self, prediction: PredictionType) -> AffineStep {
+        let f = f64::from;
+        let (sa, sb) = (f(self.sqrt_alpha_bar), f(self.sqrt_one_minus_alpha_bar));
+        // x0 = x_s x + x_m m and eps = e_s x + e_m m, by prediction type (DDIM eq. 9).
+        let ((x_s, x_m), (e_s, e_m)) = match prediction {
+            PredictionType::Epsilon => ((1.0 / sa, -sb / sa), (0.0, 1.0)),
+            PredictionType::Sample => ((0.0, 1.0), (1.0 / sb, -sa / sb)),
+            PredictionType::VPrediction => ((sa, -sb), (sb, sa)),
+        };
+        let (a_prev, direction) = (f(self.sqrt_alpha_bar_prev), f(self.direction));
+        AffineStep {
+            timestep: self.timestep,
+            prev_from_sample: a_prev * x_s + direction * e_s,
+            prev_from_model_output: a_prev * x_m + direction * e_m,
+            prev_from_noise: f(self.sigma),
+            x0_from_sample: x_s,
+            x0_from_model_output: x_m,
+        }
+    }
+}
+
 /// `eta`, if it is finite and `>= 0`.
 pub(crate) fn check_eta(eta: f64) -> Result<f64, DdimError> {
     if eta.is_finite() && eta >= 0.0 {

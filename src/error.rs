@@ -170,6 +170,27 @@ pub enum DdimError {
         did_you_mean: Option<&'static str>,
     },
 
+    /// A slice does not hold exactly the elements of the shape given with it.
+    #[error("{name} has {len} elements, but shape {shape:?} needs {}", expected.map_or_else(|| "more than fit in memory".to_string(), |n| n.to_string()))]
+    SliceLength {
+        /// Which slice.
+        name: &'static str,
+        /// Its length.
+        len: usize,
+        /// The shape given.
+        shape: Vec<usize>,
+        /// The shape's element count, `None` when it overflows.
+        expected: Option<usize>,
+    },
+
+    /// The affine form of a step was asked for a config that clamps `x0`
+    /// ([`DdimScheduler::affine_step`](crate::DdimScheduler::affine_step)).
+    #[error("the step is not affine with {option} on (it clamps the predicted x0); turn {option} off, or apply the step with the scheduler's own calls")]
+    NotAffine {
+        /// `"clip_sample"` or `"thresholding"`.
+        option: &'static str,
+    },
+
     /// A step with `eta > 0` was given no noise source ([`NoiseSource::None`](crate::NoiseSource)).
     #[error("eta is {eta}, so the step needs noise: set StepOptions::noise to a NoiseSource (given noise, a rand generator or a TorchGenerator), or use eta = 0")]
     MissingNoise {

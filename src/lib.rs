@@ -150,7 +150,7 @@ mod timesteps;
 pub use ndarray;
 pub use rand;
 
-pub use coefficients::StepScalars;
+pub use coefficients::{AffineStep, StepScalars};
 pub use config::{
     BetaSchedule, DdimConfig, IgnoredKey, PredictionType, TimestepSpacing, MAX_TRAIN_TIMESTEPS,
 };

@@ -77,6 +77,32 @@ impl<'a, T> NoiseSource<'a, T> {
     pub fn given<D: Dimension>(noise: &'a ArrayRef<T, D>) -> Self {
         NoiseSource::Given(noise.view().into_dyn())
     }
+
+    /// Noise the caller drew, as a row-major slice of `shape` (for the slice calls such as
+    /// [`DdimScheduler::step_slices`](crate::DdimScheduler::step_slices)).
+    ///
+    /// # Errors
+    ///
+    /// [`DdimError::SliceLength`](crate::DdimError::SliceLength) when the slice does not hold
+    /// exactly `shape`'s element count.
+    ///
+    /// ```
+    /// let noise = vec![0.0f32; 12];
+    /// assert!(ddim::NoiseSource::given_slice(&noise, &[3, 4]).is_ok());
+    /// assert!(ddim::NoiseSource::given_slice(&noise, &[3, 5]).is_err());
+    /// ```
+    pub fn given_slice(noise: &'a [T], shape: &[usize]) -> Result<Self, crate::DdimError> {
+        crate::scheduler::check_slice_len("variance_noise", noise.len(), shape)?;
+        let len = noise.len();
+        ndarray::ArrayView::from_shape(ndarray::IxDyn(shape), noise)
+            .map(NoiseSource::Given)
+            .map_err(|_| crate::DdimError::SliceLength {
+                name: "variance_noise",
+                len,
+                shape: shape.to_vec(),
+                expected: Some(len),
+            })
+    }
 }
 
 impl<T> fmt::Debug for NoiseSource<'_, T> {

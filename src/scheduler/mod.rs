@@ -6,13 +6,14 @@
 //!   per different kind of step (inverse, per-item batch), all funnelled into the kernel;
 //! - `noising`: `add_noise` and `get_velocity`, the forward process;
 //! - `pipeline`: the pipelines' arithmetic around the scheduler (img2img strength, SDXL's
-//!   base/refiner split, the inpainting blend).
+//!   base/refiner split, the inpainting blend);
+//! - `slices`: the step and `add_noise` over plain slices with a shape.
 
 use std::path::Path;
 
 use ndarray::{Array, ArrayRef, Dimension};
 
-use crate::coefficients::{check_eta, StepScalars};
+use crate::coefficients::{check_eta, AffineStep, StepScalars};
 use crate::config::{DdimConfig, TimestepSpacing};
 use crate::schedule::Schedule;
 use crate::timesteps::{check_custom, inference_timesteps};
@@ -20,9 +21,11 @@ use crate::{DdimError, DdimFloat};
 
 mod noising;
 mod pipeline;
+mod slices;
 mod step;
 
 pub use pipeline::PartialSchedule;
+pub(crate) use slices::check_len as check_slice_len;
 pub use step::{DdimSchedulerOutput, StepOptions};
 
 /// The DDIM sampler, with the behaviour and numbers of diffusers' `DDIMScheduler`.
@@ -339,6 +342,62 @@ impl DdimScheduler {
             alpha_bar_prev,
             eta,
         ))
+    }
+
+    /// The step from `timestep` as an affine map of the sample, the model output and the noise
+    /// ([`AffineStep`]), for applying it to tensors this crate cannot reach: a GPU tensor of
+    /// candle, tch or burn takes two multiply-adds per step, and nothing is copied to the host.
+    ///
+    /// The coefficients cover every prediction type and `eta` (with `use_clipped_model_output`
+    /// irrelevant: without clipping it changes nothing but rounding). Where the step itself
+    /// divides by zero (epsilon prediction at the last timestep of a zero-terminal-SNR schedule,
+    /// where `alpha_bar = 0`), coefficients are infinite or NaN, as the step's results are.
+    ///
+    /// # Errors
+    ///
+    /// [`DdimError::NotAffine`] naming the option when `clip_sample` or `thresholding` is on
+    /// (they clamp `x0`, so the step is not affine); then as
+    /// [`step_scalars`](DdimScheduler::step_scalars).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use ddim::ndarray::Array1;
+    /// use ddim::{DdimConfig, DdimScheduler, PredictionType};
+    ///
+    /// let config = DdimConfig {
+    ///     clip_sample: false,
+    ///     prediction_type: PredictionType::VPrediction,
+    ///     ..Default::default()
+    /// };
+    /// let mut scheduler = DdimScheduler::new(config)?;
+    /// scheduler.set_timesteps(25)?;
+    /// let (x, v) = (Array1::from(vec![0.3f32, -1.2]), Array1::from(vec![0.5f32, 0.1]));
+    /// let t = scheduler.timesteps()[3];
+    ///
+    /// // What a device tensor would do: two multiply-adds with scalars.
+    /// let a = scheduler.affine_step(t, 0.0)?;
+    /// let prev = &x * a.prev_from_sample as f32 + &v * a.prev_from_model_output as f32;
+    /// let x0 = &x * a.x0_from_sample as f32 + &v * a.x0_from_model_output as f32;
+    ///
+    /// let out = scheduler.step(&v, t, &x)?;
+    /// assert!(prev.iter().zip(&out.prev_sample).all(|(a, b)| (a - b).abs() < 1e-5));
+    /// assert!(x0.iter().zip(&out.pred_original_sample).all(|(a, b)| (a - b).abs() < 1e-5));
+    /// # Ok::<(), ddim::DdimError>(())
+    /// ```
+    pub fn affine_step(&self, timestep: usize, eta: f64) -> Result<AffineStep, DdimError> {
+        let option = if self.config.thresholding {
+            Some("thresholding")
+        } else if self.config.clip_sample {
+            Some("clip_sample")
+        } else {
+            None
+        };
+        if let Some(option) = option {
+            return Err(DdimError::NotAffine { option });
+        }
+        let scalars = self.step_scalars(timestep, eta)?;
+        Ok(scalars.affine(self.config.prediction_type))
     }
 
     /// The float32 scalars of an inversion step to `timestep` (see

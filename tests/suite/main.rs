@@ -22,6 +22,7 @@ mod golden;
 mod golden_beyond;
 mod guidance;
 mod hostile;
+mod interop;
 mod paper_claim;
 mod pipeline;
 mod properties;
