@@ -32,14 +32,39 @@ pub enum DdimError {
         allowed: String,
     },
 
-    /// A configuration file could not be read.
-    #[error("cannot read scheduler config `{}`: {source}", path.display())]
+    /// A configuration file could not be read or written.
+    #[error("cannot {action} scheduler config `{}`: {source}", path.display())]
     Io {
-        /// The file that could not be read.
+        /// `"read"` or `"write"`.
+        action: &'static str,
+        /// The file that could not be read or written.
         path: PathBuf,
         /// The underlying I/O error.
         #[source]
         source: std::io::Error,
+    },
+
+    /// The path given as a config file is not a regular file (a directory, a FIFO, a device),
+    /// which is refused before anything is read: reading a FIFO can block forever, and a device
+    /// such as `/dev/zero` never ends.
+    #[error("scheduler config `{}` is {found}, not a regular file", path.display())]
+    NotAFile {
+        /// The path given.
+        path: PathBuf,
+        /// What it is: `"a directory"`, `"a FIFO"`, `"a character device"`, ...
+        found: &'static str,
+    },
+
+    /// A config file is larger than [`MAX_CONFIG_FILE_BYTES`](crate::MAX_CONFIG_FILE_BYTES);
+    /// nothing past the limit is read.
+    #[error("scheduler config `{}` is {size} bytes, more than the limit of {limit} bytes (a scheduler config is about 1 KB)", path.display())]
+    ConfigTooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Its size in bytes (at least this much, for a file that grew while it was read).
+        size: u64,
+        /// The limit.
+        limit: u64,
     },
 
     /// `from_pretrained` found no `scheduler_config.json` at or below the given path.

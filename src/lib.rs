@@ -152,7 +152,8 @@ pub use rand;
 
 pub use coefficients::{AffineStep, StepScalars};
 pub use config::{
-    BetaSchedule, DdimConfig, IgnoredKey, PredictionType, TimestepSpacing, MAX_TRAIN_TIMESTEPS,
+    BetaSchedule, DdimConfig, IgnoredKey, PredictionType, TimestepSpacing, MAX_CONFIG_FILE_BYTES,
+    MAX_TRAIN_TIMESTEPS,
 };
 pub use error::DdimError;
 pub use float::DdimFloat;

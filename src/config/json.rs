@@ -1,5 +1,7 @@
 //! Reading and writing `scheduler_config.json`.
 
+use std::fs::{File, Metadata};
+use std::io::Read;
 use std::path::Path;
 
 use super::keys::{is_used, IgnoredKey};
@@ -101,16 +103,25 @@ impl DdimConfig {
 
     /// Reads and validates a `scheduler_config.json` file.
     ///
+    /// Safe on paths from untrusted input: anything that is not a regular file (a directory, a
+    /// FIFO, `/dev/zero`) is refused before it is opened for reading, and at most
+    /// [`MAX_CONFIG_FILE_BYTES`](crate::MAX_CONFIG_FILE_BYTES) are read (a file whose size is
+    /// larger is refused without reading it).
+    ///
     /// # Errors
     ///
-    /// [`DdimError::Io`] when the file cannot be read, then as [`DdimConfig::from_json_str`].
+    /// [`DdimError::NotAFile`] for a path that is not a regular file;
+    /// [`DdimError::ConfigTooLarge`] for a file over the limit; [`DdimError::Io`] when the file
+    /// cannot be read; then as [`DdimConfig::from_json_str`].
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// let config = ddim::DdimConfig::from_file("model/scheduler/scheduler_config.json")?;
+    /// # Ok::<(), ddim::DdimError>(())
+    /// ```
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, DdimError> {
-        let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| DdimError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::from_json_str(&text)
+        Self::from_json_str(&read_config_file(path.as_ref())?)
     }
 
     /// Writes the configuration as pretty-printed JSON with every key, plus
@@ -141,11 +152,91 @@ impl DdimConfig {
         let path = path.as_ref();
         let text = self.to_json_string()?;
         std::fs::write(path, text + "\n").map_err(|source| DdimError::Io {
+            action: "write",
             path: path.to_path_buf(),
             source,
         })
     }
 }
+
+/// Reads a config file: a regular file of at most [`MAX_CONFIG_FILE_BYTES`] bytes.
+fn read_config_file(path: &Path) -> Result<String, DdimError> {
+    let io = |source| DdimError::Io {
+        action: "read",
+        path: path.to_path_buf(),
+        source,
+    };
+    // `metadata` does not open the file, so a FIFO cannot block here; the opened file is
+    // checked again, in case the path changed in between.
+    check_regular_file(path, &std::fs::metadata(path).map_err(io)?)?;
+    let file = File::open(path).map_err(io)?;
+    let metadata = file.metadata().map_err(io)?;
+    check_regular_file(path, &metadata)?;
+    let too_large = |size| DdimError::ConfigTooLarge {
+        path: path.to_path_buf(),
+        size,
+        limit: MAX_CONFIG_FILE_BYTES,
+    };
+    if metadata.len() > MAX_CONFIG_FILE_BYTES {
+        return Err(too_large(metadata.len()));
+    }
+    let mut text = String::new();
+    // One byte past the limit tells a file that grew since its size was read.
+    file.take(MAX_CONFIG_FILE_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(io)?;
+    if text.len() as u64 > MAX_CONFIG_FILE_BYTES {
+        return Err(too_large(text.len() as u64));
+    }
+    Ok(text)
+}
+
+/// [`DdimError::NotAFile`] unless `metadata` is a regular file's.
+fn check_regular_file(path: &Path, metadata: &Metadata) -> Result<(), DdimError> {
+    let kind = metadata.file_type();
+    if kind.is_file() {
+        return Ok(());
+    }
+    let found = if kind.is_dir() {
+        "a directory"
+    } else {
+        special_file_kind(&kind)
+    };
+    Err(DdimError::NotAFile {
+        path: path.to_path_buf(),
+        found,
+    })
+}
+
+/// What a file that is neither a regular file nor a directory is.
+#[cfg(unix)]
+fn special_file_kind(kind: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_char_device() {
+        "a character device"
+    } else if kind.is_block_device() {
+        "a block device"
+    } else if kind.is_socket() {
+        "a socket"
+    } else {
+        "a special file"
+    }
+}
+
+/// What a file that is neither a regular file nor a directory is.
+#[cfg(not(unix))]
+fn special_file_kind(_: &std::fs::FileType) -> &'static str {
+    "a special file"
+}
+
+/// The largest config file [`DdimConfig::from_file`] reads: 32 MiB.
+///
+/// A scheduler config is about 1 KB; the limit leaves room for `trained_betas` of up to
+/// [`MAX_TRAIN_TIMESTEPS`](crate::MAX_TRAIN_TIMESTEPS) entries, while keeping a hostile path
+/// (a huge or endless file) from exhausting memory.
+pub const MAX_CONFIG_FILE_BYTES: u64 = 32 << 20;
 
 /// Refuses JSON text that is not an object before serde sees it: serde would also read a struct
 /// from an array, by position, which no `scheduler_config.json` is.

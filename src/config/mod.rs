@@ -19,6 +19,7 @@ mod json;
 mod keys;
 
 pub use enums::{BetaSchedule, PredictionType, TimestepSpacing};
+pub use json::MAX_CONFIG_FILE_BYTES;
 pub use keys::IgnoredKey;
 
 /// The largest `num_train_timesteps` this crate accepts: one million.

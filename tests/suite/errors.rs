@@ -1078,7 +1078,12 @@ fn missing_config_file_is_io_error_naming_the_path() {
     let err = DdimConfig::from_file(&path).expect_err("missing file");
     let message = err.to_string();
     match &err {
-        DdimError::Io { path: p, source } => {
+        DdimError::Io {
+            action,
+            path: p,
+            source,
+        } => {
+            assert_eq!(*action, "read");
             assert_eq!(p, &path);
             assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
         }
@@ -1092,11 +1097,11 @@ fn missing_config_file_is_io_error_naming_the_path() {
 }
 
 #[test]
-fn directory_given_as_config_file_is_io_error() {
+fn directory_given_as_config_file_is_not_a_file() {
     let dir = ScratchDir::new("is-a-dir");
     let err = assert_err!(
         DdimConfig::from_file(dir.path()),
-        DdimError::Io { path, .. } if path == dir.path()
+        DdimError::NotAFile { path, found: "a directory" } if path == dir.path()
     );
     let message = err.to_string();
     assert!(
@@ -1259,4 +1264,74 @@ fn error_type_is_send_sync_static_and_a_std_error() {
     let boxed: Box<dyn std::error::Error + Send + Sync + 'static> = Box::new(err);
     assert_eq!(boxed.to_string(), text);
     assert!(boxed.downcast_ref::<DdimError>().is_some());
+}
+
+/// A FIFO would block a reader forever: it is refused from its metadata, without opening it.
+#[cfg(unix)]
+#[test]
+fn a_fifo_given_as_config_file_is_refused_without_blocking() {
+    let dir = ScratchDir::new("fifo");
+    let path = dir.path().join("scheduler_config.json");
+    let made = std::process::Command::new("mkfifo").arg(&path).status();
+    if !made.is_ok_and(|status| status.success()) {
+        eprintln!("mkfifo is not available; skipping");
+        return;
+    }
+    let err = assert_err!(
+        DdimConfig::from_file(&path),
+        DdimError::NotAFile { found: "a FIFO", .. }
+    );
+    assert!(err.to_string().contains("not a regular file"), "{err}");
+    // from_pretrained looks for regular files only, and says what it looked for.
+    assert_err!(
+        DdimScheduler::from_pretrained(dir.path()),
+        DdimError::ConfigNotFound { .. }
+    );
+}
+
+/// A device that never ends is refused before anything is read.
+#[cfg(unix)]
+#[test]
+fn dev_zero_given_as_config_file_is_refused() {
+    let path = std::path::Path::new("/dev/zero");
+    if !path.exists() {
+        return;
+    }
+    assert_err!(
+        DdimConfig::from_file(path),
+        DdimError::NotAFile { found: "a character device", .. }
+    );
+}
+
+/// A file over the limit is refused from its size, without reading it (a sparse file of a
+/// gigabyte costs nothing to make and would cost a gigabyte to read).
+#[test]
+fn an_oversized_config_file_is_refused_by_its_size() {
+    let dir = ScratchDir::new("huge");
+    let path = dir.path().join("scheduler_config.json");
+    let file = std::fs::File::create(&path).expect("create");
+    file.set_len(1 << 30).expect("sparse gigabyte");
+    let err = assert_err!(
+        DdimConfig::from_file(&path),
+        DdimError::ConfigTooLarge { size, limit, .. }
+            if *size == 1 << 30 && *limit == ddim::MAX_CONFIG_FILE_BYTES
+    );
+    let message = err.to_string();
+    assert!(message.contains("1073741824 bytes") && message.contains("33554432"), "{message}");
+    // At the limit exactly, the file is read (and here fails as JSON, not for its size).
+    file.set_len(ddim::MAX_CONFIG_FILE_BYTES).expect("resize");
+    assert_err!(DdimConfig::from_file(&path), DdimError::ConfigParse { .. });
+}
+
+/// A failed write says "write", not "read".
+#[test]
+fn a_failed_to_file_says_write() {
+    let dir = ScratchDir::new("write");
+    let path = dir.path().join("missing-folder").join("scheduler_config.json");
+    let err = assert_err!(
+        DdimConfig::default().to_file(&path),
+        DdimError::Io { action: "write", .. }
+    );
+    let message = err.to_string();
+    assert!(message.starts_with("cannot write scheduler config"), "{message}");
 }
