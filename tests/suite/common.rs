@@ -118,6 +118,21 @@ pub fn config(case: &Value) -> DdimConfig {
         .unwrap_or_else(|e| panic!("case {}: config rejected: {e}", case["name"]))
 }
 
+/// The scheduler of a fixture loop: the case's config with its `num_inference_steps` set, after
+/// checking that the timesteps are the case's `timesteps`.
+pub fn loop_scheduler(case: &Value) -> DdimScheduler {
+    let label = name(case);
+    let mut s = case_scheduler(case);
+    let n = case["num_inference_steps"]
+        .as_u64()
+        .expect("num_inference_steps") as usize;
+    s.set_timesteps(n)
+        .unwrap_or_else(|e| panic!("{label}: {e}"));
+    let reference: Vec<usize> = serde_json::from_value(case["timesteps"].clone()).expect("ints");
+    assert_eq!(s.timesteps(), reference.as_slice(), "{label}: timesteps");
+    s
+}
+
 /// The scheduler of a fixture case (timesteps not set).
 pub fn case_scheduler(case: &Value) -> DdimScheduler {
     DdimScheduler::new(config(case))

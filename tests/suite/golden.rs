@@ -9,8 +9,8 @@
 use std::convert::Infallible;
 
 use crate::common::{
-    assert_close, assert_close_with_allowance, case_scheduler, cases, golden, inputs, name, tensor,
-    CaseOptions, Tensor,
+    assert_close, assert_close_with_allowance, case_scheduler, cases, golden, inputs,
+    loop_scheduler, name, tensor, CaseOptions, Tensor,
 };
 use ddim::ndarray::ArrayD;
 use ddim::{DdimError, DdimFloat, DdimScheduler, NoiseSource};
@@ -555,17 +555,7 @@ fn full_loops_match_reference() {
     let mut deviations = 0;
     for case in cases(&fixture) {
         let label = name(case);
-        let mut s = case_scheduler(case);
-        let n = case["num_inference_steps"].as_u64().expect("n") as usize;
-        s.set_timesteps(n)
-            .unwrap_or_else(|e| panic!("{label}: {e}"));
-        let reference_timesteps: Vec<usize> =
-            serde_json::from_value(case["timesteps"].clone()).expect("ints");
-        assert_eq!(
-            s.timesteps(),
-            reference_timesteps.as_slice(),
-            "{label}: timesteps"
-        );
+        let s = loop_scheduler(case);
 
         let options = CaseOptions::of(case);
         let base = inputs[case["base"].as_str().expect("base")].f32();

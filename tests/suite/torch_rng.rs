@@ -10,7 +10,8 @@
 //! `other_kernel_is_within_the_stated_bound`; loop trajectories within `1e-4 + 1e-4 * |reference|`.
 
 use crate::common::{
-    assert_close, case_scheduler, cases, golden, inputs, name, tensor, CaseOptions, Tensor,
+    assert_close, case_scheduler, cases, golden, inputs, loop_scheduler, name, tensor, CaseOptions,
+    Tensor,
 };
 use ddim::ndarray::{concatenate, Array, ArrayD, Axis, IxDyn, ShapeBuilder};
 use ddim::{
@@ -333,16 +334,7 @@ struct LoopResult<T> {
 /// step with the generator's noise.
 fn run_loop<T: DdimFloat>(case: &Value, base: &ArrayD<T>) -> LoopResult<T> {
     let label = name(case);
-    let mut s: DdimScheduler = case_scheduler(case);
-    let steps = case["num_inference_steps"].as_u64().expect("steps") as usize;
-    s.set_timesteps(steps).expect("set_timesteps");
-    let reference_timesteps: Vec<usize> =
-        serde_json::from_value(case["timesteps"].clone()).expect("ints");
-    assert_eq!(
-        s.timesteps(),
-        reference_timesteps.as_slice(),
-        "{label}: timesteps"
-    );
+    let s: DdimScheduler = loop_scheduler(case);
     let k = kernel(case["kernel"].as_str().expect("kernel"));
     let mut generators: Vec<TorchGenerator> = case["seeds"]
         .as_array()
