@@ -1,19 +1,22 @@
 //! Hostile inputs: configs built from random JSON of random types under real and junk keys, and
-//! every public call fed random step counts, timesteps, shapes, etas and guidance parameters,
-//! with NaN and infinite values in the arrays. Nothing may panic; every error must be the one a
-//! simple model of the documented contract allows, with a message that names the problem.
+//! every public call fed random step counts, timesteps, shapes, etas, guidance parameters,
+//! img2img strengths, SDXL fractions, inpainting masks and slerp weights, with NaN and infinite
+//! values in the arrays; every text also goes through the report of ignored keys and the strict
+//! loader. Nothing may panic; every error must be the one a simple model of the documented
+//! contract allows, with a message that names the problem; every result the model can compute
+//! (partial schedules, the inpainting blend, the key report) must be the model's.
 //!
 //! The second half pins the crate's policy for NaN and infinite array values: they propagate as
 //! the reference's formulas propagate them, element by element, with no error.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use ddim::ndarray::{ArrayD, Axis, IxDyn};
 use ddim::{
-    classifier_free_guidance, classifier_free_guidance_into, BetaSchedule, DdimConfig, DdimError,
-    DdimFloat, DdimScheduler, DdimSchedulerOutput, NoiseSource, PredictionType, StepOptions,
-    StepScalars, TimestepSpacing, TorchGenerator, MAX_TRAIN_TIMESTEPS,
+    classifier_free_guidance, classifier_free_guidance_into, slerp, BetaSchedule, DdimConfig,
+    DdimError, DdimFloat, DdimScheduler, DdimSchedulerOutput, NoiseSource, PartialSchedule,
+    PredictionType, StepOptions, StepScalars, TimestepSpacing, TorchGenerator, MAX_TRAIN_TIMESTEPS,
 };
 use rand::rngs::{SmallRng, StdRng};
 use rand::{RngExt, SeedableRng};
@@ -27,7 +30,7 @@ use crate::common::{bits, CaseOptions, ScratchDir, TestFloat, CONFIG_KEYS};
 
 const REAL_KEYS: [&str; 16] = CONFIG_KEYS;
 
-const JUNK_KEYS: [&str; 12] = [
+const JUNK_KEYS: [&str; 16] = [
     "_class_name",
     "_diffusers_version",
     "skip_prk_steps",
@@ -40,6 +43,21 @@ const JUNK_KEYS: [&str; 12] = [
     "\u{1F600}",
     "eta",
     "variance_type",
+    "use_karras_sigmas",
+    // Misspellings of DDIM keys, one, two and three edits away (ignoring case).
+    "prediction_typ",
+    "Clip_Sampel",
+    "bt_ed",
+];
+
+/// The junk keys that some diffusers scheduler reads (`PNDMScheduler`'s `skip_prk_steps`, ...):
+/// ignored quietly by the strict loader. No diffusers scheduler reads the other junk keys, nor
+/// the `"x"` of the raw texts.
+const DIFFUSERS_JUNK_KEYS: [&str; 4] = [
+    "skip_prk_steps",
+    "eta",
+    "variance_type",
+    "use_karras_sigmas",
 ];
 
 const ENUM_NAMES: [&str; 10] = [
@@ -322,6 +340,261 @@ fn config_text(rng: &mut StdRng) -> String {
 }
 
 // ---------------------------------------------------------------------------------------------
+// A reader of JSON syntax, for the model of the key report
+// ---------------------------------------------------------------------------------------------
+
+/// The top-level keys of `text`, in their order, if it is one JSON object (RFC 8259: no byte
+/// order mark, comments or trailing text; whitespace is space, tab, line feed and carriage
+/// return), else `None`. Values are read for their syntax only, at any depth (the reader keeps
+/// its own stack), numbers of any magnitude and lone surrogates in `\u` escapes included; a key
+/// with a lone surrogate, which no Rust string holds, makes the text unreadable (`None`).
+fn json_object_keys(text: &str) -> Option<Vec<String>> {
+    let mut r = JsonReader { text, at: 0 };
+    if !r.eat(b'{') {
+        return None;
+    }
+    let mut keys = vec![];
+    if !r.eat(b'}') {
+        loop {
+            keys.push(r.key()??);
+            r.value()?;
+            if r.eat(b'}') {
+                break;
+            }
+            if !r.eat(b',') {
+                return None;
+            }
+        }
+    }
+    r.skip_space();
+    (r.at == text.len()).then_some(keys)
+}
+
+struct JsonReader<'a> {
+    text: &'a str,
+    at: usize,
+}
+
+impl JsonReader<'_> {
+    fn peek(&self) -> Option<u8> {
+        self.text.as_bytes().get(self.at).copied()
+    }
+
+    fn next(&mut self) -> Option<u8> {
+        let b = self.peek()?;
+        self.at += 1;
+        Some(b)
+    }
+
+    fn skip_space(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.peek() {
+            self.at += 1;
+        }
+    }
+
+    /// Skips whitespace, then takes `byte` if it comes next.
+    fn eat(&mut self, byte: u8) -> bool {
+        self.skip_space();
+        let found = self.peek() == Some(byte);
+        self.at += usize::from(found);
+        found
+    }
+
+    /// A string and its colon: `None` for bad syntax, `Some(None)` for a key no Rust string
+    /// holds.
+    fn key(&mut self) -> Option<Option<String>> {
+        if !self.eat(b'"') {
+            return None;
+        }
+        let key = self.string()?;
+        self.eat(b':').then_some(key)
+    }
+
+    /// The rest of a string after its opening quote, unescaped: `None` for bad syntax,
+    /// `Some(None)` for a lone surrogate.
+    fn string(&mut self) -> Option<Option<String>> {
+        let mut out = Some(String::new());
+        loop {
+            let start = self.at;
+            while self
+                .peek()
+                .is_some_and(|b| b != b'"' && b != b'\\' && b >= 0x20)
+            {
+                self.at += 1;
+            }
+            if let Some(s) = &mut out {
+                s.push_str(&self.text[start..self.at]);
+            }
+            match self.next()? {
+                b'"' => return Some(out),
+                b'\\' => {}
+                _ => return None, // a control character
+            }
+            let c = match self.next()? {
+                b'"' => Some('"'),
+                b'\\' => Some('\\'),
+                b'/' => Some('/'),
+                b'b' => Some('\u{8}'),
+                b'f' => Some('\u{c}'),
+                b'n' => Some('\n'),
+                b'r' => Some('\r'),
+                b't' => Some('\t'),
+                b'u' => {
+                    let unit = self.hex4()?;
+                    match unit {
+                        0xD800..=0xDBFF if self.text[self.at..].starts_with("\\u") => {
+                            self.at += 2;
+                            let low = self.hex4()?;
+                            if (0xDC00..=0xDFFF).contains(&low) {
+                                char::from_u32(0x10000 + ((unit - 0xD800) << 10) + (low - 0xDC00))
+                            } else {
+                                None
+                            }
+                        }
+                        _ => char::from_u32(unit),
+                    }
+                }
+                _ => return None,
+            };
+            match (c, &mut out) {
+                (Some(c), Some(s)) => s.push(c),
+                _ => out = None,
+            }
+        }
+    }
+
+    fn hex4(&mut self) -> Option<u32> {
+        let digits = self.text.get(self.at..self.at + 4)?;
+        if !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        self.at += 4;
+        u32::from_str_radix(digits, 16).ok()
+    }
+
+    fn digits(&mut self) -> usize {
+        let start = self.at;
+        while self.peek().is_some_and(|b| b.is_ascii_digit()) {
+            self.at += 1;
+        }
+        self.at - start
+    }
+
+    /// `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`
+    fn number(&mut self) -> Option<()> {
+        if self.peek() == Some(b'-') {
+            self.at += 1;
+        }
+        match self.next()? {
+            b'0' => {}
+            b'1'..=b'9' => {
+                self.digits();
+            }
+            _ => return None,
+        }
+        if self.peek() == Some(b'.') {
+            self.at += 1;
+            (self.digits() > 0).then_some(())?;
+        }
+        if let Some(b'e' | b'E') = self.peek() {
+            self.at += 1;
+            if let Some(b'+' | b'-') = self.peek() {
+                self.at += 1;
+            }
+            (self.digits() > 0).then_some(())?;
+        }
+        Some(())
+    }
+
+    /// One value, of any depth: the closing brackets it still needs are kept on a stack.
+    fn value(&mut self) -> Option<()> {
+        let mut open: Vec<u8> = vec![];
+        loop {
+            self.skip_space();
+            match self.peek()? {
+                b'{' => {
+                    self.at += 1;
+                    if !self.eat(b'}') {
+                        self.key()?;
+                        open.push(b'}');
+                        continue;
+                    }
+                }
+                b'[' => {
+                    self.at += 1;
+                    if !self.eat(b']') {
+                        open.push(b']');
+                        continue;
+                    }
+                }
+                b'"' => {
+                    self.at += 1;
+                    self.string()?;
+                }
+                b't' | b'f' | b'n' => {
+                    let word = ["true", "false", "null"]
+                        .into_iter()
+                        .find(|w| self.text[self.at..].starts_with(w))?;
+                    self.at += word.len();
+                }
+                _ => self.number()?,
+            }
+            // A value ended: it ends the containers it closes, or another element follows.
+            loop {
+                let Some(&close) = open.last() else {
+                    return Some(());
+                };
+                if self.eat(b',') {
+                    if close == b'}' {
+                        self.key()?;
+                    }
+                    break;
+                }
+                if !self.eat(close) {
+                    return None;
+                }
+                open.pop();
+            }
+        }
+    }
+}
+
+/// The Levenshtein distance between two strings, by characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut row = vec![i + 1];
+        for (j, &cb) in b.iter().enumerate() {
+            let cost = previous[j] + usize::from(ca != cb);
+            row.push(cost.min(previous[j + 1] + 1).min(row[j] + 1));
+        }
+        previous = row;
+    }
+    previous[b.len()]
+}
+
+/// The DDIM keys an unknown key may be a misspelling of: the closest ones, if they are at
+/// most two edits away, ignoring case.
+fn typo_candidates(key: &str) -> Vec<&'static str> {
+    let key = key.to_lowercase();
+    let distances: Vec<(usize, &str)> = REAL_KEYS
+        .iter()
+        .map(|&k| (edit_distance(&key, k), k))
+        .collect();
+    let best = distances
+        .iter()
+        .map(|&(d, _)| d)
+        .min()
+        .unwrap_or(usize::MAX);
+    distances
+        .into_iter()
+        .filter(|&(d, _)| d == best && d <= 2)
+        .map(|(_, k)| k)
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
 // Checking errors
 // ---------------------------------------------------------------------------------------------
 
@@ -344,6 +617,9 @@ fn kind(err: &DdimError) -> &'static str {
         DdimError::InvalidEta { .. } => "InvalidEta",
         DdimError::MissingNoise { .. } => "MissingNoise",
         DdimError::InvalidGuidance { .. } => "InvalidGuidance",
+        DdimError::InvalidArgument { .. } => "InvalidArgument",
+        DdimError::NoStepsLeft { .. } => "NoStepsLeft",
+        DdimError::UnknownConfigKey { .. } => "UnknownConfigKey",
         _ => "unknown",
     }
 }
@@ -452,6 +728,16 @@ fn check_message(err: &DdimError) -> Result<(), String> {
         DdimError::InvalidGuidance {
             parameter, value, ..
         } => must.extend([parameter.to_string(), format!("is {value}")]),
+        DdimError::InvalidArgument {
+            name,
+            value,
+            allowed,
+        } => must.extend([format!("{name} is {value}"), allowed.to_string()]),
+        DdimError::NoStepsLeft { name, value } => must.push(format!("{name} {value}")),
+        DdimError::UnknownConfigKey { key, did_you_mean } => {
+            must.push(format!("`{key}`"));
+            must.extend(did_you_mean.map(|k| format!("`{k}`")));
+        }
         _ => {}
     }
     if message.trim().is_empty() {
@@ -467,8 +753,9 @@ fn check_message(err: &DdimError) -> Result<(), String> {
 struct Failures {
     list: Vec<String>,
     context: String,
-    /// Every `call outcome` seen (`Ok` or the error's kind), to check that the run reaches them.
-    outcomes: BTreeSet<String>,
+    /// How often each `call outcome` was seen (`Ok` or the error's kind), to check that the run
+    /// reaches them.
+    outcomes: BTreeMap<String, usize>,
 }
 
 impl Failures {
@@ -476,7 +763,7 @@ impl Failures {
         Failures {
             list: Vec::new(),
             context: String::new(),
-            outcomes: BTreeSet::new(),
+            outcomes: BTreeMap::new(),
         }
     }
 
@@ -507,7 +794,10 @@ impl Failures {
     /// whether the call succeeded.
     fn expect<R>(&mut self, call: &str, result: &Result<R, DdimError>, allowed: &[&str]) -> bool {
         let outcome = result.as_ref().map_or_else(kind, |_| "Ok");
-        self.outcomes.insert(format!("{call} {outcome}"));
+        *self
+            .outcomes
+            .entry(format!("{call} {outcome}"))
+            .or_default() += 1;
         match result {
             Ok(_) if allowed.is_empty() => true,
             Ok(_) => {
@@ -601,6 +891,48 @@ impl Contract {
         } else {
             vec![]
         }
+    }
+
+    /// The errors a partial schedule may give before it looks at the schedule: before
+    /// `set_timesteps`, and an argument outside its range.
+    fn partial_problems(&self, argument_ok: bool) -> Vec<&'static str> {
+        let mut p = vec![];
+        if self.timesteps.is_none() {
+            p.push("TimestepsNotSet");
+        }
+        if !argument_ok {
+            p.push("InvalidArgument");
+        }
+        p
+    }
+
+    /// Where `img2img_timesteps(strength)` starts in the schedule: with `n` timesteps,
+    /// `init = min(floor(n * strength), n)` (the product in double) and `start = n - init`;
+    /// no step runs when `init = 0`.
+    fn img2img_start(&self, strength: f64) -> Result<usize, Vec<&'static str>> {
+        let p = self.partial_problems((0.0..=1.0).contains(&strength));
+        let Some(ts) = self.timesteps.as_ref().filter(|_| p.is_empty()) else {
+            return Err(p);
+        };
+        let n = ts.len();
+        let init = ((n as f64 * strength).floor() as usize).min(n);
+        if init == 0 {
+            Err(vec!["NoStepsLeft"])
+        } else {
+            Ok(n - init)
+        }
+    }
+
+    /// How many timesteps SDXL's base model runs at `fraction`: those `>= cutoff`, with
+    /// `cutoff = round(T - fraction * T)` in double, half to even; the refiner runs the rest.
+    fn base_count(&self, fraction: f64) -> Result<usize, Vec<&'static str>> {
+        let p = self.partial_problems(fraction > 0.0 && fraction < 1.0);
+        let Some(ts) = self.timesteps.as_ref().filter(|_| p.is_empty()) else {
+            return Err(p);
+        };
+        let t = self.t() as f64;
+        let cutoff = (t - fraction * t).round_ties_even();
+        Ok(ts.iter().take_while(|&&x| x as f64 >= cutoff).count())
     }
 
     fn expected_prev_timestep(&self, t: usize) -> Option<usize> {
@@ -885,7 +1217,7 @@ fn exercise<T: TestFloat>(f: &mut Failures, rng: &mut StdRng, config: DdimConfig
         let call = if op == 0 && rng.random_bool(0.8) {
             rng.random_range(0..2)
         } else {
-            rng.random_range(0..22)
+            rng.random_range(0..27)
         };
         f.context = format!(
             "{} call {call} t={t} eta={eta} {source:?} shapes m{m_shape:?} x{shape:?} z{z_shape:?} config {:?} timesteps {:?}",
@@ -1100,6 +1432,100 @@ fn exercise<T: TestFloat>(f: &mut Failures, rng: &mut StdRng, config: DdimConfig
                     }
                 }
             }
+            22 => {
+                let strength = random_strength(rng, &c);
+                let Some(r) = f.guard("img2img_timesteps", || s.img2img_timesteps(strength)) else {
+                    continue;
+                };
+                let ts = c.timesteps.as_deref().unwrap_or(&[]);
+                let expected = c.img2img_start(strength).map(|start| start..ts.len());
+                let what = ("img2img_timesteps", "strength", strength);
+                check_partial(f, what, &r, expected, ts);
+            }
+            23 => {
+                // Base and refiner at the same fraction: each against the model, and together
+                // the whole schedule once.
+                let fraction = random_fraction(rng, &c);
+                let base = f.guard("base_timesteps", || s.base_timesteps(fraction));
+                let refiner = f.guard("refiner_timesteps", || s.refiner_timesteps(fraction));
+                let ts = c.timesteps.as_deref().unwrap_or(&[]);
+                let count = c.base_count(fraction);
+                let no_steps = || vec!["NoStepsLeft"];
+                if let Some(r) = &base {
+                    let expected = count
+                        .clone()
+                        .and_then(|k| (k > 0).then_some(0..k).ok_or_else(no_steps));
+                    check_partial(
+                        f,
+                        ("base_timesteps", "denoising_end", fraction),
+                        r,
+                        expected,
+                        ts,
+                    );
+                }
+                if let Some(r) = &refiner {
+                    let n = ts.len();
+                    let expected = count.and_then(|k| (k < n).then_some(k..n).ok_or_else(no_steps));
+                    let what = ("refiner_timesteps", "denoising_start", fraction);
+                    check_partial(f, what, r, expected, ts);
+                }
+                if let (Some(Ok(b)), Some(Ok(r))) = (&base, &refiner) {
+                    if b.timesteps.len() + r.timesteps.len() != s.timesteps().len()
+                        || r.start != b.timesteps.len()
+                    {
+                        f.fail(format!("base {b:?} and refiner {r:?} at {fraction} do not partition the schedule"));
+                    }
+                }
+            }
+            24 | 25 => {
+                // The image latents are `m`, the noise `z`: of the latents' shape, or not.
+                let mask_shape = random_mask_shape(rng, &shape);
+                let mask: ArrayD<T> = random_mask(rng, &mask_shape, special);
+                let next = rng.random_bool(0.8).then(|| random_timestep(rng, &c));
+                let mut p = shape_problems.clone();
+                p.extend_from_slice(&noise_problems);
+                if !broadcasts(&mask_shape, &shape) {
+                    p.push("ShapeMismatch");
+                }
+                if next.is_some_and(|t| t >= c.t()) {
+                    p.push("TimestepOutOfRange");
+                }
+                f.context
+                    .push_str(&format!(" mask{mask_shape:?} next {next:?}"));
+                let mut latents = x.clone();
+                let Some(r) = f.guard("blend_inpainting", || {
+                    s.blend_inpainting(&mut latents, &m, &z, &mask, next)
+                }) else {
+                    continue;
+                };
+                if !f.expect("blend_inpainting", &r, &p) {
+                    if !bits_equal(&latents, &x) {
+                        f.fail("blend_inpainting changed the latents on error".into());
+                    }
+                } else if p.is_empty() {
+                    let alpha_bar = next.and_then(|t| s.alphas_cumprod().get(t).copied());
+                    let want = expected_blend(&x, &m, &z, &mask, alpha_bar);
+                    check_blend(f, &latents, &want, [&x, &m, &z]);
+                }
+            }
+            26 => {
+                let alpha = random_alpha(rng);
+                let mut p = shape_problems.clone();
+                if !(0.0..=1.0).contains(&alpha) {
+                    p.push("InvalidArgument");
+                }
+                if ndim == 0 {
+                    p.push("TooFewAxes");
+                }
+                let Some(r) = f.guard("slerp", || slerp(&x, &m, alpha)) else {
+                    continue;
+                };
+                match &r {
+                    Err(e) => check_argument(f, "slerp", e, "alpha", alpha),
+                    Ok(out) => check_slerp(f, out, &x, &m, alpha),
+                }
+                f.expect("slerp", &r, &p);
+            }
             19 => {
                 if let Some(out) = f.guard("scale_model_input", || s.scale_model_input(&x, t)) {
                     if !bits_equal(&out, &x) {
@@ -1250,6 +1676,281 @@ fn check_generators(
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// The pipeline calls: partial schedules, the inpainting blend, slerp
+// ---------------------------------------------------------------------------------------------
+
+/// Values of a fraction argument (strength, denoising_end, denoising_start, slerp's alpha)
+/// at and beyond the edges of its range.
+const FRACTION_SPECIALS: [f64; 18] = [
+    0.0,
+    -0.0,
+    1.0,
+    0.5,
+    0.8,
+    0.29,
+    1e-300,
+    5e-324,
+    -5e-324,
+    1.0 - f64::EPSILON / 2.0,
+    1.0 + f64::EPSILON,
+    -1.0,
+    2.0,
+    f64::NAN,
+    f64::INFINITY,
+    f64::NEG_INFINITY,
+    f64::MAX,
+    f64::MIN_POSITIVE,
+];
+
+/// `x` and its two neighbouring doubles, for `x >= 0` (where a floor or a rounding flips).
+fn around(rng: &mut StdRng, x: f64) -> f64 {
+    let bits = x.to_bits();
+    pick(
+        rng,
+        &[
+            x,
+            f64::from_bits(bits + 1),
+            f64::from_bits(bits.saturating_sub(1)),
+        ],
+    )
+}
+
+/// An img2img strength: uniform, `k / n` for the schedule's `n` timesteps and its neighbours
+/// (where `floor(n * strength)` changes), or a value at or beyond the edges.
+fn random_strength(rng: &mut StdRng, c: &Contract) -> f64 {
+    let n = c.timesteps.as_ref().map_or(10, Vec::len).max(1);
+    match rng.random_range(0..6) {
+        0 | 1 => rng.random_range(0.0..=1.0),
+        2 | 3 => {
+            let k = rng.random_range(0..=n.min(3)) + if rng.random() { 0 } else { n - n.min(3) };
+            around(rng, k as f64 / n as f64)
+        }
+        _ => pick(rng, &FRACTION_SPECIALS),
+    }
+}
+
+/// An SDXL fraction: uniform, one that puts the cut-off exactly on a timestep of the schedule
+/// or half-way between two integers (where rounding half to even decides), or a value at or
+/// beyond the edges.
+fn random_fraction(rng: &mut StdRng, c: &Contract) -> f64 {
+    let t = c.t() as f64;
+    match rng.random_range(0..7) {
+        0 | 1 => rng.random_range(0.0..1.0),
+        2 | 3 => {
+            let at = match &c.timesteps {
+                Some(ts) if !ts.is_empty() && rng.random_bool(0.7) => pick(rng, ts),
+                _ => rng.random_range(0..=c.t()),
+            };
+            around(rng, 1.0 - at as f64 / t)
+        }
+        4 => (rng.random_range(0..c.t()) as f64 + 0.5) / t,
+        _ => pick(rng, &FRACTION_SPECIALS),
+    }
+}
+
+fn random_alpha(rng: &mut StdRng) -> f64 {
+    if rng.random_bool(0.4) {
+        rng.random_range(0.0..=1.0)
+    } else {
+        pick(rng, &FRACTION_SPECIALS)
+    }
+}
+
+/// A mask shape for latents of `shape`: one that broadcasts to it (some axes 1, leading axes
+/// left out, 0-dimensional) or, sometimes, one that does not.
+fn random_mask_shape(rng: &mut StdRng, shape: &[usize]) -> Vec<usize> {
+    match rng.random_range(0..9) {
+        0 | 1 => shape.to_vec(),
+        2 | 3 => shape
+            .iter()
+            .map(|&d| if rng.random_bool(0.5) { 1 } else { d })
+            .collect(),
+        4 | 5 => {
+            let drop = rng.random_range(0..=shape.len());
+            shape[drop..]
+                .iter()
+                .map(|&d| if rng.random_bool(0.3) { 1 } else { d })
+                .collect()
+        }
+        6 => vec![],
+        7 => random_shape(rng),
+        _ => {
+            let mut s = shape.to_vec();
+            match s.last_mut() {
+                Some(d) if rng.random() => *d += 1,
+                _ => s.insert(0, 2),
+            }
+            s
+        }
+    }
+}
+
+/// Mask values: 0, 1 or between, with a share `special` of NaN, infinite, huge and subnormal
+/// values.
+fn random_mask<T: DdimFloat>(rng: &mut StdRng, shape: &[usize], special: f64) -> ArrayD<T> {
+    ArrayD::from_shape_simple_fn(IxDyn(shape), || {
+        T::from_f64(match rng.random_range(0..4) {
+            _ if rng.random_bool(special) => pick(rng, &SPECIAL_VALUES),
+            0 => 0.0,
+            1 => 1.0,
+            _ => rng.random_range(0.0..=1.0),
+        })
+    })
+}
+
+/// Whether an array of shape `from` broadcasts to `to` as numpy broadcasts: aligned at the last
+/// axis, each axis equal or 1, no more axes than `to`.
+fn broadcasts(from: &[usize], to: &[usize]) -> bool {
+    from.len() <= to.len()
+        && from
+            .iter()
+            .rev()
+            .zip(to.iter().rev())
+            .all(|(&f, &t)| f == t || f == 1)
+}
+
+/// The inpainting blend, evaluated element by element in the element type:
+/// `(1 - m) * known + m * x`, with `known = sqrt(ab) * image + sqrt(1 - ab) * noise` for
+/// `ab = alphas_cumprod[t]` widened to the element type, or the image itself after the last
+/// step; the mask indexed as numpy broadcasts it. The square roots go through `f64`, rounded
+/// once to the element type: for `f32` that is `f32`'s own correctly rounded square root
+/// (53 >= 2 * 24 + 2 bits make the double rounding innocuous).
+fn expected_blend<T: TestFloat>(
+    x: &ArrayD<T>,
+    image: &ArrayD<T>,
+    noise: &ArrayD<T>,
+    mask: &ArrayD<T>,
+    alpha_bar: Option<f32>,
+) -> ArrayD<T> {
+    let sqrt = |v: T| T::from_f64(v.to_f64().sqrt());
+    let weights = alpha_bar.map(|ab| {
+        let ab = T::from_f32(ab);
+        (sqrt(ab), sqrt(T::ONE - ab))
+    });
+    let offset = x.ndim() - mask.ndim();
+    let mut out = x.clone();
+    for (index, v) in out.indexed_iter_mut() {
+        let at: Vec<usize> = (0..mask.ndim())
+            .map(|k| {
+                if mask.shape()[k] == 1 {
+                    0
+                } else {
+                    index[offset + k]
+                }
+            })
+            .collect();
+        let m = mask[IxDyn(&at)];
+        let known = match weights {
+            Some((sa, sb)) => sa * image[&index] + sb * noise[&index],
+            None => image[&index],
+        };
+        *v = (T::ONE - m) * known + m * *v;
+    }
+    out
+}
+
+/// The blend's result against [`expected_blend`]: bit for bit, and NaN where it is NaN (Rust
+/// leaves the sign and payload of a NaN produced by arithmetic unspecified).
+fn check_blend<T: TestFloat>(
+    f: &mut Failures,
+    got: &ArrayD<T>,
+    want: &ArrayD<T>,
+    [x, image, noise]: [&ArrayD<T>; 3],
+) {
+    let found = got
+        .iter()
+        .zip(want.iter())
+        .position(|(&g, &w)| !(g.bits() == w.bits() || (g.is_nan() && w.is_nan())));
+    if let Some(i) = found.or((got.shape() != want.shape()).then_some(0)) {
+        let at = |a: &ArrayD<T>| a.iter().nth(i).map(|v| v.to_f64());
+        f.fail(format!(
+            "blend_inpainting element {i} is {:?}, expected {:?} (latents {:?}, image {:?}, noise {:?})",
+            at(got),
+            at(want),
+            at(x),
+            at(image),
+            at(noise)
+        ));
+    }
+}
+
+/// A partial schedule against the model: `expected` is the range of the schedule `ts` it
+/// should be, or the errors allowed. `what` is the call, its argument's name and value, which
+/// an `InvalidArgument` or `NoStepsLeft` must repeat.
+fn check_partial(
+    f: &mut Failures,
+    (call, name, value): (&str, &str, f64),
+    r: &Result<PartialSchedule<'_>, DdimError>,
+    expected: Result<std::ops::Range<usize>, Vec<&'static str>>,
+    ts: &[usize],
+) {
+    let allowed = expected.clone().err().unwrap_or_default();
+    f.expect(call, r, &allowed);
+    match (r, expected) {
+        (Ok(run), Ok(range)) => {
+            let want = ts.get(range.clone()).unwrap_or(&[]);
+            if run.timesteps != want
+                || run.start != range.start
+                || Some(&run.first()) != want.first()
+            {
+                f.fail(format!(
+                    "{call}({value}) gave {run:?} (first {}), expected timesteps[{range:?}] of {} = {want:?}",
+                    run.first(),
+                    ts.len()
+                ));
+            }
+        }
+        (Err(e), _) => check_argument(f, call, e, name, value),
+        _ => {}
+    }
+}
+
+/// An `InvalidArgument` or `NoStepsLeft` names the argument and holds its value, bit for bit.
+fn check_argument(f: &mut Failures, call: &str, err: &DdimError, name: &str, value: f64) {
+    if let DdimError::InvalidArgument {
+        name: n, value: v, ..
+    }
+    | DdimError::NoStepsLeft { name: n, value: v } = err
+    {
+        if *n != name || v.to_bits() != value.to_bits() {
+            f.fail(format!("{call}: {err:?} should name {name} = {value:?}"));
+        }
+    }
+}
+
+/// slerp's result: of the inputs' shape, exactly `a` at alpha 0 and `b` at 1, and finite
+/// between where the inputs are finite.
+fn check_slerp<T: TestFloat>(
+    f: &mut Failures,
+    out: &ArrayD<T>,
+    a: &ArrayD<T>,
+    b: &ArrayD<T>,
+    alpha: f64,
+) {
+    let finite = |x: &ArrayD<T>| x.iter().all(|v| v.to_f64().is_finite());
+    let problem = if out.shape() != a.shape() {
+        Some("a shape other than the inputs'")
+    } else if alpha == 0.0 && !bits_equal(out, a) {
+        Some("not `a` at alpha 0")
+    } else if alpha == 1.0 && !bits_equal(out, b) {
+        Some("not `b` at alpha 1")
+    } else if finite(a) && finite(b) && !finite(out) {
+        Some("non-finite values from finite inputs")
+    } else {
+        None
+    };
+    if let Some(problem) = problem {
+        let flat = |x: &ArrayD<T>| x.iter().map(|v| v.to_f64()).collect::<Vec<_>>();
+        f.fail(format!(
+            "slerp at alpha {alpha:?}: {problem}: {:?} from a {:?} and b {:?}",
+            flat(out),
+            flat(a),
+            flat(b)
+        ));
+    }
+}
+
 /// Which keys of a config built in code are out of their documented range (what
 /// `DdimConfig::validate` must name before it looks at the schedule).
 fn field_problems(c: &DdimConfig) -> Vec<String> {
@@ -1359,6 +2060,133 @@ fn struct_config(rng: &mut StdRng) -> DdimConfig {
     }
 }
 
+/// Whether `err` is `ignored_keys` refusing a JSON object for one of its values (reported, see
+/// `ignored_keys_reads_every_json_object`): nesting deeper than 128, a number beyond `f64`, a
+/// lone surrogate.
+fn is_value_parse_limit(err: &DdimError) -> bool {
+    matches!(err, DdimError::ConfigParse { message, .. }
+        if ["recursion limit exceeded", "number out of range", "hex escape", "surrogate"]
+            .iter()
+            .any(|m| message.contains(m)))
+}
+
+/// `ignored_keys` and `from_json_str_strict` on one text, against a model: `ignored_keys` is a
+/// `ConfigParse` error exactly when the text is not a JSON object, and otherwise lists its keys
+/// other than DDIM's and the private `_` ones, sorted and once each, each saying whether a
+/// diffusers scheduler knows it and, if none does, the closest DDIM key at most two edits away.
+/// `from_json_str_strict` gives `ignored_keys`' error, then `UnknownConfigKey` for the first
+/// unknown key, then what `from_json_str` gives (`lenient`).
+fn check_key_report(f: &mut Failures, text: &str, lenient: &Result<DdimConfig, DdimError>) {
+    let Some(ignored) = f.guard("ignored_keys", || DdimConfig::ignored_keys(text)) else {
+        return;
+    };
+    let Some(strict) = f.guard("from_json_str_strict", || {
+        DdimConfig::from_json_str_strict(text)
+    }) else {
+        return;
+    };
+    let keys = json_object_keys(text);
+    if keys.is_none() && matches!(lenient, Ok(_) | Err(DdimError::InvalidConfig { .. })) {
+        f.fail("the test's JSON reader refuses a text that from_json_str reads".into());
+    }
+    let same_error = |a: &DdimError, b: &Result<DdimConfig, DdimError>| matches!(b, Err(b) if b.to_string() == a.to_string());
+    if let (Some(_), Err(e)) = (&keys, &ignored) {
+        if is_value_parse_limit(e) {
+            // The reported deviation: counted, and strict fails the same way.
+            *f.outcomes
+                .entry("ignored_keys ConfigParse on a JSON object (reported)".into())
+                .or_default() += 1;
+            if !same_error(e, &strict) {
+                f.fail(format!(
+                    "from_json_str_strict {strict:?} after ignored_keys {e:?}"
+                ));
+            }
+            return;
+        }
+    }
+    let problems = if keys.is_some() {
+        vec![]
+    } else {
+        vec!["ConfigParse"]
+    };
+    f.expect("ignored_keys", &ignored, &problems);
+    let (Ok(list), Some(keys)) = (&ignored, keys) else {
+        if let Err(e) = &ignored {
+            if !same_error(e, &strict) {
+                f.fail(format!(
+                    "from_json_str_strict {strict:?} after ignored_keys {e:?}"
+                ));
+            }
+            f.expect("from_json_str_strict", &strict, &["ConfigParse"]);
+        }
+        return;
+    };
+    let expected: BTreeSet<&str> = keys
+        .iter()
+        .map(String::as_str)
+        .filter(|k| !k.starts_with('_') && !REAL_KEYS.contains(k))
+        .collect();
+    let reported: Vec<&str> = list.iter().map(|k| k.key.as_str()).collect();
+    if reported != expected.into_iter().collect::<Vec<_>>() {
+        f.fail(format!(
+            "ignored_keys reported {reported:?} of the keys {keys:?}"
+        ));
+    }
+    for k in list {
+        let in_vocabulary = JUNK_KEYS.contains(&k.key.as_str()) || k.key == "x";
+        let known = DIFFUSERS_JUNK_KEYS.contains(&k.key.as_str());
+        let candidates = typo_candidates(&k.key);
+        let good = if k.known_to_diffusers {
+            k.did_you_mean.is_none() && (known || !in_vocabulary)
+        } else {
+            !known
+                && match k.did_you_mean {
+                    None => candidates.is_empty(),
+                    Some(m) => candidates.contains(&m),
+                }
+        };
+        if !good {
+            f.fail(format!(
+                "ignored_keys: {k:?} (known to diffusers: {}; closest DDIM keys {candidates:?})",
+                if in_vocabulary {
+                    known.to_string()
+                } else {
+                    "?".into()
+                }
+            ));
+        }
+    }
+    let allowed = match (list.iter().find(|k| !k.known_to_diffusers), lenient) {
+        (Some(unknown), _) => {
+            let named = matches!(&strict, Err(DdimError::UnknownConfigKey { key, did_you_mean })
+                if *key == unknown.key && *did_you_mean == unknown.did_you_mean);
+            if strict.is_err() && !named {
+                f.fail(format!(
+                    "from_json_str_strict {strict:?}, expected {unknown:?} named"
+                ));
+            }
+            vec!["UnknownConfigKey"]
+        }
+        (None, Ok(config)) => {
+            if strict.as_ref().is_ok_and(|c| c != config) {
+                f.fail(format!(
+                    "from_json_str_strict read {strict:?}, from_json_str {config:?}"
+                ));
+            }
+            vec![]
+        }
+        (None, Err(e)) => {
+            if !same_error(e, &strict) {
+                f.fail(format!(
+                    "from_json_str_strict {strict:?}, from_json_str {e:?}"
+                ));
+            }
+            vec![kind(e)]
+        }
+    };
+    f.expect("from_json_str_strict", &strict, &allowed);
+}
+
 /// Thousands of random config texts and, for those that load, random calls of every public
 /// method with hostile arguments: no panic, and every outcome as the contract says.
 #[test]
@@ -1377,6 +2205,12 @@ fn random_configs_and_calls_never_panic_and_fail_as_documented() {
         let Some(r) = f.guard("from_json_str", || DdimConfig::from_json_str(&text)) else {
             continue;
         };
+        // The strict loader validates the config again, which costs time for huge tables:
+        // most of their texts skip the key report.
+        let huge = matches!(&r, Ok(c) if c.num_train_timesteps > 100_000);
+        if !huge || case % 10 == 0 {
+            check_key_report(&mut f, &text, &r);
+        }
         // Every 20th text also goes through a file and from_pretrained.
         if case % 20 == 0 {
             let file = dir.path().join("scheduler_config.json");
@@ -1475,10 +2309,53 @@ fn random_configs_and_calls_never_panic_and_fail_as_documented() {
     for call in ["step_with", "step_into", "step_in_place", "step_batch"] {
         for source in ["None", "Given", "Rng", "Torch"] {
             let ok = format!("{call}/{source} Ok");
-            assert!(f.outcomes.contains(&ok), "never reached: {ok}");
+            assert!(f.outcomes.contains_key(&ok), "never reached: {ok}");
         }
         let missing = format!("{call}/None MissingNoise");
-        assert!(f.outcomes.contains(&missing), "never reached: {missing}");
+        assert!(
+            f.outcomes.contains_key(&missing),
+            "never reached: {missing}"
+        );
+    }
+    // The pipeline calls and the key report reach every outcome.
+    let partial = ["Ok", "NoStepsLeft", "InvalidArgument", "TimestepsNotSet"];
+    let expected: [(&str, &[&str]); 7] = [
+        ("img2img_timesteps", &partial),
+        ("base_timesteps", &partial),
+        ("refiner_timesteps", &partial),
+        (
+            "blend_inpainting",
+            &["Ok", "ShapeMismatch", "TimestepOutOfRange"],
+        ),
+        (
+            "slerp",
+            &["Ok", "InvalidArgument", "ShapeMismatch", "TooFewAxes"],
+        ),
+        ("ignored_keys", &["Ok", "ConfigParse"]),
+        (
+            "from_json_str_strict",
+            &["Ok", "UnknownConfigKey", "ConfigParse", "InvalidConfig"],
+        ),
+    ];
+    let mut new_calls = 0;
+    for (call, outcomes) in expected {
+        for outcome in outcomes {
+            let key = format!("{call} {outcome}");
+            assert!(f.outcomes.contains_key(&key), "never reached: {key}");
+        }
+        new_calls += f
+            .outcomes
+            .iter()
+            .filter(|(k, _)| k.split(' ').next() == Some(call))
+            .map(|(_, n)| n)
+            .sum::<usize>();
+    }
+    eprintln!("{new_calls} checked calls of the pipeline functions and the key report");
+    for (outcome, n) in &f.outcomes {
+        let call = outcome.split(' ').next().unwrap_or_default();
+        if expected.iter().any(|&(c, _)| c == call) {
+            eprintln!("  {outcome}: {n}");
+        }
     }
 }
 
@@ -1705,6 +2582,108 @@ fn call_errors_name_the_value_given() {
         &err,
         &["ddim-hostile-no-such-model", "scheduler_config.json"],
     );
+}
+
+/// The errors of the pipeline calls, slerp and the strict loader name the value given.
+#[test]
+fn pipeline_and_key_errors_name_the_value_given() {
+    let mut s = DdimScheduler::new(DdimConfig::default()).expect("default");
+    for err in [
+        s.img2img_timesteps(0.5).unwrap_err(),
+        s.base_timesteps(0.5).unwrap_err(),
+        s.refiner_timesteps(0.5).unwrap_err(),
+    ] {
+        assert_eq!(kind(&err), "TimestepsNotSet");
+        assert_mentions(&err, &["set_timesteps"]);
+    }
+    s.set_timesteps(10).expect("10 steps"); // 900, 800, ..., 0
+    for (strength, text) in [
+        (1.5, "strength is 1.5"),
+        (-0.25, "strength is -0.25"),
+        (f64::NAN, "strength is NaN"),
+        (f64::NEG_INFINITY, "strength is -inf"),
+    ] {
+        let err = s.img2img_timesteps(strength).unwrap_err();
+        assert_eq!(kind(&err), "InvalidArgument");
+        assert_mentions(&err, &[text, "between 0 and 1"]);
+    }
+    // 10 * 0.05 = 0.5 steps.
+    let err = s.img2img_timesteps(0.05).unwrap_err();
+    assert_eq!(kind(&err), "NoStepsLeft");
+    assert_mentions(&err, &["strength 0.05"]);
+    for (fraction, text) in [(0.0, "is 0"), (1.0, "is 1"), (f64::NAN, "is NaN")] {
+        let err = s.base_timesteps(fraction).unwrap_err();
+        assert_eq!(kind(&err), "InvalidArgument");
+        assert_mentions(
+            &err,
+            &[&format!("denoising_end {text}"), "strictly between 0 and 1"],
+        );
+        let err = s.refiner_timesteps(fraction).unwrap_err();
+        assert_eq!(kind(&err), "InvalidArgument");
+        assert_mentions(&err, &[&format!("denoising_start {text}")]);
+    }
+    // Cut-off 950: no timestep at or above it; cut-off round(0.1) = 0: none below it.
+    let err = s.base_timesteps(0.05).unwrap_err();
+    assert_eq!(kind(&err), "NoStepsLeft");
+    assert_mentions(&err, &["denoising_end 0.05"]);
+    let err = s.refiner_timesteps(0.9999).unwrap_err();
+    assert_eq!(kind(&err), "NoStepsLeft");
+    assert_mentions(&err, &["denoising_start 0.9999"]);
+
+    let x = ArrayD::<f32>::zeros(IxDyn(&[2, 3]));
+    let err = slerp(&x, &x, 1.5).unwrap_err();
+    assert_mentions(&err, &["alpha is 1.5", "between 0"]);
+    let err = slerp(&x, &x, f64::NAN).unwrap_err();
+    assert_mentions(&err, &["alpha is NaN"]);
+    let scalar = ArrayD::<f32>::zeros(IxDyn(&[]));
+    assert_mentions(&slerp(&scalar, &scalar, 0.5).unwrap_err(), &["has 0"]);
+
+    let mut latents = x.clone();
+    let err = s
+        .blend_inpainting(&mut latents, &x, &x, &x, Some(1000))
+        .unwrap_err();
+    assert_mentions(&err, &["timestep 1000", "0..=999"]);
+    let mask = ArrayD::<f32>::zeros(IxDyn(&[1, 5]));
+    let err = s
+        .blend_inpainting(&mut latents, &x, &x, &mask, None)
+        .unwrap_err();
+    assert_mentions(&err, &["mask", "[1, 5]", "latents has shape [2, 3]"]);
+
+    let err =
+        DdimConfig::from_json_str_strict(r#"{"prediction_typ": "v_prediction"}"#).unwrap_err();
+    assert_mentions(
+        &err,
+        &["`prediction_typ`", "did you mean `prediction_type`?"],
+    );
+    let err = DdimConfig::from_json_str_strict(r#"{"bt_ed": 1}"#).unwrap_err();
+    assert_mentions(&err, &["`bt_ed`"]);
+    assert!(!err.to_string().contains("did you mean"), "{err}");
+}
+
+/// `ignored_keys` reads every JSON object, whatever its values hold (its documentation: "the
+/// values are not checked"), and `from_json_str_strict` then names the unknown key. These
+/// texts load with `from_json_str`, which skips the values of keys it does not use, but
+/// `ignored_keys` reads the values into `serde_json::Value`, which refuses nesting deeper than
+/// 128, a number beyond `f64` and a lone surrogate: both calls fail with `ConfigParse`
+/// ("recursion limit exceeded", "number out of range", "unexpected end of hex escape"), and
+/// `{"skip_prk_steps": 1e400}` loads leniently but not strictly, although diffusers knows the
+/// key. Reading the keys into a map of `serde::de::IgnoredAny` would read all of them. The
+/// randomized test counts these texts apart until then.
+#[test]
+#[ignore = "reported: ignored_keys refuses JSON objects whose values serde_json::Value cannot hold"]
+fn ignored_keys_reads_every_json_object() {
+    let deep = format!("{{\"x\": {}{}}}", "[".repeat(200), "]".repeat(200));
+    for text in [deep.as_str(), r#"{"x": 1e400}"#, r#"{"x": "\ud800"}"#] {
+        assert!(DdimConfig::from_json_str(text).is_ok(), "{text}");
+        let ignored = DdimConfig::ignored_keys(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+        let keys: Vec<&str> = ignored.iter().map(|k| k.key.as_str()).collect();
+        assert_eq!(keys, ["x"], "{text}");
+        let err = DdimConfig::from_json_str_strict(text).unwrap_err();
+        assert_eq!(kind(&err), "UnknownConfigKey", "{text}: {err}");
+    }
+    let known = r#"{"skip_prk_steps": 1e400}"#;
+    assert!(DdimConfig::from_json_str(known).is_ok());
+    assert!(DdimConfig::from_json_str_strict(known).is_ok());
 }
 
 /// An empty batch is checked like any other call: eta = NaN, eta > 0 without a noise source, or
