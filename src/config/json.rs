@@ -1,8 +1,11 @@
 //! Reading and writing `scheduler_config.json`.
 
+use std::collections::BTreeMap;
 use std::fs::{File, Metadata};
 use std::io::Read;
 use std::path::Path;
+
+use serde::de::IgnoredAny;
 
 use super::keys::{is_used, IgnoredKey};
 use super::DdimConfig;
@@ -59,7 +62,9 @@ impl DdimConfig {
     /// ```
     pub fn ignored_keys(json: &str) -> Result<Vec<IgnoredKey>, DdimError> {
         require_object(json)?;
-        let object: serde_json::Map<String, serde_json::Value> = serde_json::from_str(json)?;
+        // Only the keys matter: the values are skipped unread, so any value `from_json_str`
+        // accepts (deeply nested, out of f64's range, ...) is accepted here too.
+        let object: BTreeMap<String, IgnoredAny> = serde_json::from_str(json)?;
         Ok(object
             .keys()
             .filter(|key| !is_used(key))
