@@ -179,7 +179,7 @@ pub enum DdimError {
     },
 
     /// `eta` is negative or not finite.
-    #[error("eta is {eta}, but it must be a finite number >= 0 (0 is deterministic DDIM, 1 is DDPM-like)")]
+    #[error("eta is {eta:?}, but it must be a finite number >= 0 (0 is deterministic DDIM, 1 is DDPM-like)")]
     InvalidEta {
         /// The value given.
         eta: f64,
@@ -187,7 +187,7 @@ pub enum DdimError {
 
     /// A strict config load found a key no diffusers scheduler knows
     /// ([`DdimConfig::from_json_str_strict`](crate::DdimConfig::from_json_str_strict)).
-    #[error("unknown scheduler config key `{key}`{}: no diffusers scheduler reads it, so it would be ignored", did_you_mean.map(|k| format!(" (did you mean `{k}`?)")).unwrap_or_default())]
+    #[error("unknown scheduler config key `{}`{}: no diffusers scheduler reads it, so it would be ignored", bounded(key), did_you_mean.map(|k| format!(" (did you mean `{k}`?)")).unwrap_or_default())]
     UnknownConfigKey {
         /// The key as written.
         key: String,
@@ -217,14 +217,14 @@ pub enum DdimError {
     },
 
     /// A step with `eta > 0` was given no noise source ([`NoiseSource::None`](crate::NoiseSource)).
-    #[error("eta is {eta}, so the step needs noise: set StepOptions::noise to a NoiseSource (given noise, a rand generator or a TorchGenerator), or use eta = 0")]
+    #[error("eta is {eta:?}, so the step needs noise: set StepOptions::noise to a NoiseSource (given noise, a rand generator or a TorchGenerator), or use eta = 0")]
     MissingNoise {
         /// The value given.
         eta: f64,
     },
 
     /// A numeric argument of a call is out of its range (for example `slerp`'s `alpha`).
-    #[error("{name} is {value}, but it must be {allowed}")]
+    #[error("{name} is {value:?}, but it must be {allowed}")]
     InvalidArgument {
         /// The argument's name.
         name: &'static str,
@@ -236,7 +236,7 @@ pub enum DdimError {
 
     /// A partial schedule (img2img strength, SDXL's `denoising_end` or `denoising_start`) would
     /// run no step at all.
-    #[error("{name} {value} leaves no denoising step to run with the current number of inference steps; use a larger {name} or more steps")]
+    #[error("{name} {value:?} leaves no denoising step to run with the current number of inference steps; use a larger {name} or more steps")]
     NoStepsLeft {
         /// `"strength"`, `"denoising_end"` or `"denoising_start"`.
         name: &'static str,
@@ -246,7 +246,7 @@ pub enum DdimError {
 
     /// A guidance parameter is out of range: `guidance_scale` is not finite, or
     /// `guidance_rescale` is not between 0 and 1.
-    #[error("{parameter} is {value}, but it must be {allowed}")]
+    #[error("{parameter} is {value:?}, but it must be {allowed}")]
     InvalidGuidance {
         /// `"guidance_scale"` or `"guidance_rescale"`.
         parameter: &'static str,
@@ -261,15 +261,109 @@ impl DdimError {
     /// Builds an [`DdimError::InvalidConfig`].
     pub(crate) fn config(
         key: impl Into<String>,
-        value: impl ToString,
+        value: impl Quoted,
         allowed: impl Into<String>,
     ) -> Self {
         DdimError::InvalidConfig {
             key: key.into(),
-            value: value.to_string(),
+            value: value.quoted(),
             allowed: allowed.into(),
         }
     }
+}
+
+/// How a value given by the caller appears in a message: bounded, whatever its size. Floats in
+/// their shortest round-trip form (`1e-300`, not three hundred digits); text cut after
+/// [`QUOTE_LIMIT`] characters with its full length said.
+pub(crate) trait Quoted {
+    /// The value as a message shows it.
+    fn quoted(&self) -> String;
+}
+
+impl Quoted for f64 {
+    fn quoted(&self) -> String {
+        format!("{self:?}")
+    }
+}
+
+impl Quoted for f32 {
+    fn quoted(&self) -> String {
+        format!("{self:?}")
+    }
+}
+
+impl Quoted for usize {
+    fn quoted(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl Quoted for bool {
+    fn quoted(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl Quoted for &str {
+    fn quoted(&self) -> String {
+        bounded(self)
+    }
+}
+
+impl Quoted for String {
+    fn quoted(&self) -> String {
+        bounded(self)
+    }
+}
+
+/// Text the caller has already bounded, shown as it is.
+pub(crate) struct Verbatim(pub String);
+
+impl Quoted for Verbatim {
+    fn quoted(&self) -> String {
+        self.0.clone()
+    }
+}
+
+/// Characters of a quoted text shown before it is cut.
+pub(crate) const QUOTE_LIMIT: usize = 100;
+
+/// `text` if it has at most [`QUOTE_LIMIT`] characters, else its start, an ellipsis and its
+/// length.
+pub(crate) fn bounded(text: &str) -> String {
+    match text.char_indices().nth(QUOTE_LIMIT) {
+        None => text.to_string(),
+        Some((cut, _)) => format!(
+            "{}… ({} characters in all)",
+            &text[..cut],
+            text.chars().count()
+        ),
+    }
+}
+
+/// `message` with every quoted part (between backticks or double quotes) bounded: serde's
+/// messages quote the offending input whole.
+pub(crate) fn bound_quotes(message: &str) -> String {
+    let mut out = String::with_capacity(message.len().min(4 * QUOTE_LIMIT));
+    let mut rest = message;
+    while let Some(open) = rest.find(['`', '"']) {
+        let quote = &rest[open..=open];
+        out.push_str(&rest[..=open]);
+        rest = &rest[open + 1..];
+        match rest.find(quote) {
+            Some(close) => {
+                out.push_str(&bounded(&rest[..close]));
+                out.push_str(quote);
+                rest = &rest[close + 1..];
+            }
+            None => {
+                out.push_str(&bounded(rest));
+                return out;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 impl From<serde_json::Error> for DdimError {
@@ -277,7 +371,7 @@ impl From<serde_json::Error> for DdimError {
         // serde_json appends " at line L column C" to its own message; the fields carry that.
         let full = err.to_string();
         let suffix = format!(" at line {} column {}", err.line(), err.column());
-        let message = full.strip_suffix(&suffix).unwrap_or(&full).to_string();
+        let message = bound_quotes(full.strip_suffix(&suffix).unwrap_or(&full));
         DdimError::ConfigParse {
             line: err.line(),
             column: err.column(),

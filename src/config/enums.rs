@@ -5,6 +5,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::{bound_quotes, bounded, Verbatim};
 use crate::DdimError;
 
 /// How the training noise levels `beta_t` are laid out over `0..num_train_timesteps`.
@@ -163,7 +164,10 @@ macro_rules! from_str_as_json {
                 <$t>::deserialize(
                     serde::de::value::StrDeserializer::<serde::de::value::Error>::new(s),
                 )
-                .map_err(|e| DdimError::config($key, format!("`{s}`"), e.to_string()))
+                .map_err(|e| {
+                    let value = Verbatim(format!("`{}`", bounded(s)));
+                    DdimError::config($key, value, bound_quotes(&e.to_string()))
+                })
             }
         }
     };

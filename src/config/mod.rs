@@ -180,13 +180,13 @@ impl DdimConfig {
         match problem {
             ScheduleProblem::BetaOutOfRange { index, beta } if trained => DdimError::config(
                 format!("trained_betas[{index}]"),
-                format!("{beta} once rounded to float32"),
+                format!("{beta:?} once rounded to float32"),
                 "in [0, 1)",
             ),
             ScheduleProblem::BetaOutOfRange { index, beta } => DdimError::config(
                 "beta_start/beta_end",
                 format!(
-                    "{}/{} (giving beta[{index}] = {beta} with the {} schedule)",
+                    "{:?}/{:?} (giving beta[{index}] = {beta:?} with the {} schedule)",
                     self.beta_start, self.beta_end, self.beta_schedule
                 ),
                 "a pair whose betas all lie in [0, 1)",

@@ -338,7 +338,7 @@ fn trained_betas_of_wrong_length_are_rejected() {
 
 #[test]
 fn trained_beta_outside_zero_one_is_rejected() {
-    for (bad, shown) in [("-0.1", "-0.1"), ("1.0", "1"), ("1.5", "1.5")] {
+    for (bad, shown) in [("-0.1", "-0.1"), ("1.0", "1.0"), ("1.5", "1.5")] {
         let json =
             format!(r#"{{"num_train_timesteps": 4, "trained_betas": [0.1, 0.2, {bad}, 0.3]}}"#);
         let (key, value, allowed) = invalid_config(rejected(&json));
@@ -500,7 +500,8 @@ fn non_positive_or_non_finite_clip_sample_range_and_sample_max_value_are_rejecte
             let mut config = DdimConfig::default();
             set(&mut config, bad);
             let (key, value, allowed) = invalid_config(rejected_by_validate_and_new(config));
-            assert_eq!((key.as_str(), value), (name, bad.to_string()));
+            // Floats are shown in their shortest round-trip form.
+            assert_eq!((key.as_str(), value), (name, format!("{bad:?}")));
             assert!(
                 allowed.contains("finite") && allowed.contains("> 0"),
                 "{allowed}"
@@ -872,7 +873,7 @@ fn bad_eta_is_invalid_eta_with_given_noise() {
                 if eta.to_bits() == bad.to_bits() || (eta.is_nan() && bad.is_nan())
         );
         let message = err.to_string();
-        assert!(message.contains(&bad.to_string()), "{message}");
+        assert!(message.contains(&format!("{bad:?}")), "{message}");
         assert!(message.contains(">= 0"), "{message}");
     }
 }
@@ -925,7 +926,7 @@ fn positive_eta_without_a_noise_source_is_missing_noise() {
             );
             let message = err.to_string();
             assert!(
-                message.contains(&format!("eta is {e}")) && message.contains("NoiseSource"),
+                message.contains(&format!("eta is {e:?}")) && message.contains("NoiseSource"),
                 "{message}"
             );
         };
@@ -1279,7 +1280,10 @@ fn a_fifo_given_as_config_file_is_refused_without_blocking() {
     }
     let err = assert_err!(
         DdimConfig::from_file(&path),
-        DdimError::NotAFile { found: "a FIFO", .. }
+        DdimError::NotAFile {
+            found: "a FIFO",
+            ..
+        }
     );
     assert!(err.to_string().contains("not a regular file"), "{err}");
     // from_pretrained looks for regular files only, and says what it looked for.
@@ -1299,7 +1303,10 @@ fn dev_zero_given_as_config_file_is_refused() {
     }
     assert_err!(
         DdimConfig::from_file(path),
-        DdimError::NotAFile { found: "a character device", .. }
+        DdimError::NotAFile {
+            found: "a character device",
+            ..
+        }
     );
 }
 
@@ -1317,7 +1324,10 @@ fn an_oversized_config_file_is_refused_by_its_size() {
             if *size == 1 << 30 && *limit == ddim::MAX_CONFIG_FILE_BYTES
     );
     let message = err.to_string();
-    assert!(message.contains("1073741824 bytes") && message.contains("33554432"), "{message}");
+    assert!(
+        message.contains("1073741824 bytes") && message.contains("33554432"),
+        "{message}"
+    );
     // At the limit exactly, the file is read (and here fails as JSON, not for its size).
     file.set_len(ddim::MAX_CONFIG_FILE_BYTES).expect("resize");
     assert_err!(DdimConfig::from_file(&path), DdimError::ConfigParse { .. });
@@ -1327,11 +1337,64 @@ fn an_oversized_config_file_is_refused_by_its_size() {
 #[test]
 fn a_failed_to_file_says_write() {
     let dir = ScratchDir::new("write");
-    let path = dir.path().join("missing-folder").join("scheduler_config.json");
+    let path = dir
+        .path()
+        .join("missing-folder")
+        .join("scheduler_config.json");
     let err = assert_err!(
         DdimConfig::default().to_file(&path),
-        DdimError::Io { action: "write", .. }
+        DdimError::Io {
+            action: "write",
+            ..
+        }
     );
     let message = err.to_string();
-    assert!(message.starts_with("cannot write scheduler config"), "{message}");
+    assert!(
+        message.starts_with("cannot write scheduler config"),
+        "{message}"
+    );
+}
+
+/// Messages quote what the caller gave, but never more than a bounded part of it: a huge string
+/// or a float of hundreds of digits does not make a huge message.
+#[test]
+fn messages_quote_huge_values_in_bounded_form() {
+    let huge = "x".repeat(5_000_000);
+    let texts = [
+        // An unknown enum string, a string where a number belongs, an unknown key.
+        format!(r#"{{"beta_schedule": "{huge}"}}"#),
+        format!(r#"{{"beta_start": "{huge}"}}"#),
+    ];
+    for text in &texts {
+        let message = rejected(text).to_string();
+        assert!(message.len() < 1000, "{} bytes", message.len());
+        assert!(message.contains("5000000 characters in all"), "{message}");
+    }
+    let strict = DdimConfig::from_json_str_strict(&format!(r#"{{"{huge}": 1}}"#));
+    let message = strict.expect_err("unknown key").to_string();
+    assert!(
+        message.len() < 1000 && message.contains("5000000 characters"),
+        "{message}"
+    );
+    let parsed: Result<ddim::BetaSchedule, _> = huge.parse();
+    let message = parsed.expect_err("not a schedule").to_string();
+    assert!(
+        message.len() < 1000 && message.contains("`linear`"),
+        "{message}"
+    );
+
+    // Floats in their shortest round-trip form: -1e-300, not 300 digits.
+    let s = scheduler(DdimConfig::default(), 10);
+    let x = Array1::<f32>::zeros(4);
+    let message = s
+        .step_with(&x, 900, &x, eta(-1e-300))
+        .expect_err("bad eta")
+        .to_string();
+    assert!(message.starts_with("eta is -1e-300,"), "{message}");
+    let config = DdimConfig {
+        clip_sample_range: -1e-300,
+        ..DdimConfig::default()
+    };
+    let message = config.validate().expect_err("negative").to_string();
+    assert!(message.contains("is -1e-300,"), "{message}");
 }

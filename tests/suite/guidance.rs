@@ -231,7 +231,7 @@ fn guidance_rescale_outside_zero_to_one_is_invalid_guidance() {
             other => panic!("rescale {bad}: expected InvalidGuidance, got {other:?}"),
         }
         assert!(message.contains("guidance_rescale"), "{message}");
-        assert!(message.contains(&bad.to_string()), "{message}");
+        assert!(message.contains(&format!("{bad:?}")), "{message}");
         assert!(message.contains("between 0 and 1"), "{message}");
     }
     // The ends are allowed, and -0.0 is 0.

@@ -721,19 +721,19 @@ fn check_message(err: &DdimError) -> Result<(), String> {
         DdimError::TimestepNotInSchedule { timestep } => {
             must.extend([timestep.to_string(), "schedule".into()])
         }
-        DdimError::InvalidEta { eta } => must.extend([format!("eta is {eta}")]),
+        DdimError::InvalidEta { eta } => must.extend([format!("eta is {eta:?}")]),
         DdimError::MissingNoise { eta } => {
-            must.extend([format!("eta is {eta}"), "NoiseSource".into()])
+            must.extend([format!("eta is {eta:?}"), "NoiseSource".into()])
         }
         DdimError::InvalidGuidance {
             parameter, value, ..
-        } => must.extend([parameter.to_string(), format!("is {value}")]),
+        } => must.extend([parameter.to_string(), format!("is {value:?}")]),
         DdimError::InvalidArgument {
             name,
             value,
             allowed,
-        } => must.extend([format!("{name} is {value}"), allowed.to_string()]),
-        DdimError::NoStepsLeft { name, value } => must.push(format!("{name} {value}")),
+        } => must.extend([format!("{name} is {value:?}"), allowed.to_string()]),
+        DdimError::NoStepsLeft { name, value } => must.push(format!("{name} {value:?}")),
         DdimError::UnknownConfigKey { key, did_you_mean } => {
             must.push(format!("`{key}`"));
             must.extend(did_you_mean.map(|k| format!("`{k}`")));
