@@ -7,59 +7,15 @@
 //!
 //! Run with `cargo test -p ddim-digits --release`: in a debug build the network is slow.
 
-use std::path::PathBuf;
+mod common;
 
+use common::{fixture, max_abs_diff, package_dir, tensor4};
 use ddim_digits::{OnnxUnet, UnetError};
-use ndarray::{s, Array4, ArrayView4, Axis};
-use serde_json::Value;
-
-fn package_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use ndarray::{s, Array4, Axis};
 
 fn load_unet() -> OnnxUnet {
     let path = package_dir().join("model").join("unet.onnx");
     OnnxUnet::load(&path).unwrap_or_else(|e| panic!("{e}"))
-}
-
-fn fixture(name: &str) -> Value {
-    let path = package_dir().join("tests").join("fixtures").join(name);
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-/// A `{"dtype": "f32", "shape": [...], "hex": ...}` tensor (little-endian f32 bytes, C order).
-fn tensor4(value: &Value) -> Array4<f32> {
-    assert_eq!(value["dtype"], "f32");
-    let shape: Vec<usize> = value["shape"]
-        .as_array()
-        .expect("shape")
-        .iter()
-        .map(|d| d.as_u64().expect("dimension") as usize)
-        .collect();
-    let hex = value["hex"].as_str().expect("hex").as_bytes();
-    let data: Vec<f32> = hex
-        .chunks(8)
-        .map(|word| {
-            let mut bytes = [0u8; 4];
-            for (byte, pair) in bytes.iter_mut().zip(word.chunks(2)) {
-                let text = std::str::from_utf8(pair).expect("ascii");
-                *byte = u8::from_str_radix(text, 16).expect("hex digit");
-            }
-            f32::from_le_bytes(bytes)
-        })
-        .collect();
-    assert_eq!(shape.len(), 4);
-    Array4::from_shape_vec((shape[0], shape[1], shape[2], shape[3]), data).expect("shape")
-}
-
-fn max_abs_diff(a: ArrayView4<f32>, b: ArrayView4<f32>) -> f32 {
-    assert_eq!(a.shape(), b.shape());
-    a.iter()
-        .zip(b.iter())
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
 }
 
 #[test]
