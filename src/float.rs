@@ -1,4 +1,10 @@
-//! The element types the scheduler works on: `f32` and `f64`.
+//! The element types the scheduler works on: `f32` and `f64`, and with the `half` feature the
+//! 16-bit `half::f16` and `half::bf16`.
+//!
+//! Every element type has a *compute type* in which its arithmetic runs: itself for `f32` and
+//! `f64`, `f32` for the 16-bit types. A call reads its inputs, widens them to the compute type
+//! (exactly), evaluates its formulas there and narrows each output once, rounding to nearest
+//! even. For `f32` and `f64` both conversions are the identity and compile to nothing.
 
 use std::cell::RefCell;
 use std::fmt::{Debug, Display};
@@ -7,12 +13,18 @@ use std::ops::{Add, Div, Mul, Neg, Sub};
 use rand::Rng;
 use rand_distr::{Distribution, StandardNormal};
 
-/// A floating-point element type the scheduler accepts: `f32` or `f64`.
+/// A floating-point element type the scheduler accepts: `f32` or `f64`, and with the cargo
+/// feature `half` also [`half::f16`](https://docs.rs/half/2/half/struct.f16.html) and
+/// [`half::bf16`](https://docs.rs/half/2/half/struct.bf16.html).
 ///
 /// Every array-taking call of the crate is generic over it. The schedule tables are float32, as
-/// in the reference; with `f64` arrays the per-element arithmetic runs in double. The trait is
-/// sealed (it cannot be implemented outside this crate); its public items are the conversions
-/// generic code around the scheduler needs.
+/// in the reference; with `f64` arrays the per-element arithmetic runs in double. With `f16` and
+/// `bf16` arrays it runs in `f32` on the exactly widened values, and each output is rounded to
+/// the 16-bit type once: the result is the `f32` call's on the same values, rounded (see the
+/// crate docs, "Element types").
+///
+/// The trait is sealed (it cannot be implemented outside this crate); its public items are the
+/// conversions generic code around the scheduler needs.
 ///
 /// # Example
 ///
@@ -49,9 +61,10 @@ pub trait DdimFloat:
     const ZERO: Self;
     /// One.
     const ONE: Self;
-    /// Rounds an `f64` to this type (identity for `f64`).
+    /// Rounds an `f64` to this type, to nearest even (identity for `f64`).
     fn from_f64(value: f64) -> Self;
-    /// Widens an `f32` to this type, exactly.
+    /// Converts an `f32` to this type: exact for `f32` and `f64`, rounded to nearest even for
+    /// `f16` and `bf16`.
     fn from_f32(value: f32) -> Self;
     /// Widens this value to `f64`, exactly.
     fn to_f64(self) -> f64;
@@ -59,9 +72,37 @@ pub trait DdimFloat:
     fn is_nan(self) -> bool;
 }
 
-/// The crate-internal operations of an element type; not nameable outside the crate, which
-/// seals [`DdimFloat`].
-pub trait Sealed: Sized {
+/// Which binary format an element type is, as far as PyTorch's `randn` is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    /// IEEE binary32 (`f32`).
+    Single,
+    /// IEEE binary64 (`f64`).
+    Double,
+    /// A 16-bit type computed in `f32` (`f16`, `bf16`).
+    Reduced,
+}
+
+/// The crate-internal side of an element type: its compute type and the conversions to and
+/// from it. Not nameable outside the crate, which seals [`DdimFloat`].
+pub trait Sealed: Sized + Copy {
+    /// The type arithmetic on these elements runs in: `Self` for `f32` and `f64`, `f32` for the
+    /// 16-bit types.
+    type Compute: Arithmetic;
+    /// The binary format, for the torch-compatible generator.
+    const PRECISION: Precision;
+    /// Widens to the compute type, exactly.
+    fn widen(self) -> Self::Compute;
+    /// Rounds a compute-type value to this type, to nearest even (identity for `f32`, `f64`).
+    fn narrow(value: Self::Compute) -> Self;
+    /// The values themselves as compute-type values when the two types are the same (`f32`,
+    /// `f64`), so that such values are used where they lie instead of being copied; `None`
+    /// for the 16-bit types.
+    fn as_compute(values: &[Self]) -> Option<&[Self::Compute]>;
+}
+
+/// The operations of a compute type (`f32` and `f64`), beyond those of [`DdimFloat`].
+pub trait Arithmetic: DdimFloat<Compute = Self> {
     /// The unsigned integer of the same width: for non-negative values other than NaN, its
     /// order is the order of the values, which makes selecting order statistics cheap.
     type Bits: Copy + Ord + Send + Sync + Debug + 'static;
@@ -84,7 +125,7 @@ pub trait Sealed: Sized {
 }
 
 macro_rules! impl_float {
-    ($t:ty, $bits:ty) => {
+    ($t:ty, $bits:ty, $precision:expr) => {
         impl DdimFloat for $t {
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
@@ -107,6 +148,23 @@ macro_rules! impl_float {
         }
 
         impl Sealed for $t {
+            type Compute = $t;
+            const PRECISION: Precision = $precision;
+            #[inline(always)]
+            fn widen(self) -> $t {
+                self
+            }
+            #[inline(always)]
+            fn narrow(value: $t) -> Self {
+                value
+            }
+            #[inline(always)]
+            fn as_compute(values: &[Self]) -> Option<&[$t]> {
+                Some(values)
+            }
+        }
+
+        impl Arithmetic for $t {
             type Bits = $bits;
             #[inline(always)]
             fn sqrt(self) -> Self {
@@ -145,5 +203,54 @@ macro_rules! impl_float {
     };
 }
 
-impl_float!(f32, u32);
-impl_float!(f64, u64);
+impl_float!(f32, u32, Precision::Single);
+impl_float!(f64, u64, Precision::Double);
+
+/// The 16-bit types of the `half` crate: stored in 16 bits, computed in `f32`.
+#[cfg(feature = "half")]
+macro_rules! impl_reduced {
+    ($t:ty) => {
+        impl DdimFloat for $t {
+            const ZERO: Self = <$t>::ZERO;
+            const ONE: Self = <$t>::ONE;
+            #[inline(always)]
+            fn from_f64(value: f64) -> Self {
+                <$t>::from_f64(value)
+            }
+            #[inline(always)]
+            fn from_f32(value: f32) -> Self {
+                <$t>::from_f32(value)
+            }
+            #[inline(always)]
+            fn to_f64(self) -> f64 {
+                <$t>::to_f64(self)
+            }
+            #[inline(always)]
+            fn is_nan(self) -> bool {
+                <$t>::is_nan(self)
+            }
+        }
+
+        impl Sealed for $t {
+            type Compute = f32;
+            const PRECISION: Precision = Precision::Reduced;
+            #[inline(always)]
+            fn widen(self) -> f32 {
+                <$t>::to_f32(self)
+            }
+            #[inline(always)]
+            fn narrow(value: f32) -> Self {
+                <$t>::from_f32(value)
+            }
+            #[inline(always)]
+            fn as_compute(_: &[Self]) -> Option<&[f32]> {
+                None
+            }
+        }
+    };
+}
+
+#[cfg(feature = "half")]
+impl_reduced!(half::f16);
+#[cfg(feature = "half")]
+impl_reduced!(half::bf16);

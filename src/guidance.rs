@@ -15,13 +15,15 @@
 //!
 //! This is the reference's order of operations (`noise_pred_uncond + guidance_scale *
 //! (noise_pred_text - noise_pred_uncond)`, then `rescale_noise_cfg`), evaluated in the element
-//! type with the scalars rounded to it as torch rounds them. `g` is never stored: a read-only
-//! pass over each batch item computes both standard deviations (in double, from the
-//! element-type values of `c` and `g`), and a second pass writes `out`.
+//! type's compute type (the type itself for `f32` and `f64`, `f32` for 16-bit elements, whose
+//! results are rounded once) with the scalars rounded to it as torch rounds them. `g` is never
+//! stored: a read-only pass over each batch item computes both standard deviations (in double,
+//! from the compute-type values of `c` and `g`), and a second pass writes `out`.
 
 use ndarray::{Array, ArrayRef, ArrayView, ArrayViewMut, Axis, Dimension, Slice, Zip};
 
 use crate::checks::same_shape;
+use crate::float::Arithmetic;
 use crate::{DdimError, DdimFloat};
 
 /// Classifier-free guidance, `uncond + guidance_scale * (text - uncond)`, followed (when
@@ -38,8 +40,9 @@ use crate::{DdimError, DdimFloat};
 /// spacing) uses `guidance_rescale = 0.7`.
 ///
 /// `uncond` and `text` may have any dimensionality (at least one axis; at least two when
-/// `guidance_rescale > 0`), be owned arrays or views of any layout, and are `f32` or `f64`; the
-/// result is a new array of their shape. [`classifier_free_guidance_into`] writes into a buffer
+/// `guidance_rescale > 0`), be owned arrays or views of any layout, and of any [`DdimFloat`]
+/// type (16-bit elements are computed in `f32` and each result rounded once); the result is a
+/// new array of their shape. [`classifier_free_guidance_into`] writes into a buffer
 /// instead.
 ///
 /// Any finite `guidance_scale` is evaluated by the formula (1 gives `text` up to rounding, 0
@@ -94,7 +97,7 @@ pub fn classifier_free_guidance<T: DdimFloat, D: Dimension>(
     guidance_scale: f64,
     guidance_rescale: f64,
 ) -> Result<Array<T, D>, DdimError> {
-    let guidance = Guidance::new(uncond, text, guidance_scale, guidance_rescale)?;
+    let guidance = Guidance::new::<T, D>(uncond, text, guidance_scale, guidance_rescale)?;
     let mut out = Array::from_elem(uncond.raw_dim(), T::ZERO);
     guidance.apply(uncond.view(), text.view(), out.view_mut());
     Ok(out)
@@ -133,24 +136,24 @@ pub fn classifier_free_guidance_into<T: DdimFloat, D: Dimension>(
     guidance_rescale: f64,
     out: &mut ArrayRef<T, D>,
 ) -> Result<(), DdimError> {
-    let guidance = Guidance::new(uncond, text, guidance_scale, guidance_rescale)?;
+    let guidance = Guidance::new::<T, D>(uncond, text, guidance_scale, guidance_rescale)?;
     same_shape("out", out.shape(), "uncond", uncond.shape())?;
     guidance.apply(uncond.view(), text.view(), out.view_mut());
     Ok(())
 }
 
-/// The validated scalars of one guidance call, rounded to the element type.
+/// The validated scalars of one guidance call, rounded to the compute type `C`.
 #[derive(Debug, Clone, Copy)]
-struct Guidance<T> {
+struct Guidance<C> {
     /// `guidance_scale`.
-    scale: T,
+    scale: C,
     /// `(guidance_rescale, 1 - guidance_rescale)`, or `None` for no rescale.
-    rescale: Option<(T, T)>,
+    rescale: Option<(C, C)>,
 }
 
-impl<T: DdimFloat> Guidance<T> {
+impl<C: Arithmetic> Guidance<C> {
     /// Validates the scalars and the inputs' shapes.
-    fn new<D: Dimension>(
+    fn new<T: DdimFloat<Compute = C>, D: Dimension>(
         uncond: &ArrayRef<T, D>,
         text: &ArrayRef<T, D>,
         guidance_scale: f64,
@@ -188,11 +191,11 @@ impl<T: DdimFloat> Guidance<T> {
         Ok(Guidance {
             // torch multiplies a float32 tensor by a Python float rounded to float32, and
             // computes `1 - guidance_rescale` in double before rounding it.
-            scale: T::from_f64(guidance_scale),
+            scale: C::from_f64(guidance_scale),
             rescale: rescaling.then(|| {
                 (
-                    T::from_f64(guidance_rescale),
-                    T::from_f64(1.0 - guidance_rescale),
+                    C::from_f64(guidance_rescale),
+                    C::from_f64(1.0 - guidance_rescale),
                 )
             }),
         })
@@ -200,13 +203,13 @@ impl<T: DdimFloat> Guidance<T> {
 
     /// The guided prediction of one element.
     #[inline(always)]
-    fn guided(&self, uncond: T, text: T) -> T {
+    fn guided(&self, uncond: C, text: C) -> C {
         uncond + self.scale * (text - uncond)
     }
 
     /// Writes the result into `out`; the caller has checked the shapes (and, with rescale, that
     /// there are at least two axes).
-    fn apply<D: Dimension>(
+    fn apply<T: DdimFloat<Compute = C>, D: Dimension>(
         &self,
         uncond: ArrayView<'_, T, D>,
         text: ArrayView<'_, T, D>,
@@ -228,7 +231,7 @@ impl<T: DdimFloat> Guidance<T> {
             let c = text.slice_axis(Axis(0), item);
             let (std_text, std_guided) = self.item_std(u.view(), c.view());
             // `noise_pred_text.std(..) / noise_cfg.std(..)`: two element-type values divided.
-            let ratio = T::from_f64(std_text) / T::from_f64(std_guided);
+            let ratio = C::from_f64(std_text) / C::from_f64(std_guided);
             write(u, c, out.slice_axis_mut(Axis(0), item), |u, c| {
                 let g = self.guided(u, c);
                 rescale * (g * ratio) + keep * g
@@ -237,13 +240,13 @@ impl<T: DdimFloat> Guidance<T> {
     }
 
     /// The unbiased standard deviations of `text` and of the guided prediction over one batch
-    /// item, in double from the element-type values, in one read of the item.
+    /// item, in double from the compute-type values, in one read of the item.
     ///
     /// The elements are taken in row-major order (so the result does not depend on the memory
     /// layout) in blocks of [`BLOCK`]: each block's mean and sum of squared deviations are
     /// computed exactly as the two-pass formula does, and blocks are merged with Chan, Golub and
     /// LeVeque's update, which is as stable as the two-pass formula over the whole item.
-    fn item_std<E: Dimension>(
+    fn item_std<T: DdimFloat<Compute = C>, E: Dimension>(
         &self,
         uncond: ArrayView<'_, T, E>,
         text: ArrayView<'_, T, E>,
@@ -261,6 +264,7 @@ impl<T: DdimFloat> Guidance<T> {
             for (u, c) in us.chunks(BLOCK).zip(cs.chunks(BLOCK)) {
                 let pairs = text_block.iter_mut().zip(guided_block.iter_mut());
                 for ((tb, gb), (&u, &c)) in pairs.zip(u.iter().zip(c)) {
+                    let (u, c) = (u.widen(), c.widen());
                     *tb = c.to_f64();
                     *gb = self.guided(u, c).to_f64();
                 }
@@ -270,6 +274,7 @@ impl<T: DdimFloat> Guidance<T> {
             let mut len = 0;
             for (&u, &c) in uncond.iter().zip(text.iter()) {
                 if let (Some(tb), Some(gb)) = (text_block.get_mut(len), guided_block.get_mut(len)) {
+                    let (u, c) = (u.widen(), c.widen());
                     *tb = c.to_f64();
                     *gb = self.guided(u, c).to_f64();
                 }
@@ -363,26 +368,27 @@ fn sum(values: &[f64], f: impl Fn(f64) -> f64) -> f64 {
     ((a + b) + (c + d)) + ((e + g) + (h + k))
 }
 
-/// `out = element(uncond, text)` for every element: over plain slices when all three arrays are
-/// contiguous and row-major (a loop the compiler vectorises), through `Zip` otherwise.
+/// `out = element(uncond, text)` for every element, in the compute type with one rounding of
+/// each result: over plain slices when all three arrays are contiguous and row-major (a loop the
+/// compiler vectorises), through `Zip` otherwise.
 #[inline(always)]
 fn write<T: DdimFloat, E: Dimension>(
     uncond: ArrayView<'_, T, E>,
     text: ArrayView<'_, T, E>,
     mut out: ArrayViewMut<'_, T, E>,
-    element: impl Fn(T, T) -> T,
+    element: impl Fn(T::Compute, T::Compute) -> T::Compute,
 ) {
     if let (Some(os), Some(us), Some(cs)) = (out.as_slice_mut(), uncond.as_slice(), text.as_slice())
     {
         for (o, (&u, &c)) in os.iter_mut().zip(us.iter().zip(cs)) {
-            *o = element(u, c);
+            *o = T::narrow(element(u.widen(), c.widen()));
         }
         return;
     }
     Zip::from(out)
         .and(&uncond)
         .and(&text)
-        .for_each(|o, &u, &c| *o = element(u, c));
+        .for_each(|o, &u, &c| *o = T::narrow(element(u.widen(), c.widen())));
 }
 
 #[cfg(test)]

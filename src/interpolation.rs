@@ -27,7 +27,8 @@ const PARALLEL: f64 = 1e-6;
 /// authors' code computes it).
 ///
 /// The angle and the two weights are computed in double from the element values; each output
-/// element is `w_a * a + w_b * b` with the weights rounded to the element type. `alpha = 0`
+/// element is `w_a * a + w_b * b` with the weights rounded to the element type (for 16-bit
+/// elements: to `f32`, the sum computed in `f32` and rounded once). `alpha = 0`
 /// returns `a` and `alpha = 1` returns `b` exactly. Where the items are parallel or one of them
 /// is zero (`sin θ < 1e-6`, so the formula would divide by zero), the item is interpolated
 /// linearly, `(1 − α) a + α b`.
@@ -91,11 +92,11 @@ pub fn slerp<T: DdimFloat, D: Dimension>(
         let item = Slice::from(i..=i);
         let (a, b) = (a.slice_axis(Axis(0), item), b.slice_axis(Axis(0), item));
         let (wa, wb) = weights(&a, &b, alpha);
-        let (wa, wb) = (T::from_f64(wa), T::from_f64(wb));
+        let (wa, wb) = (T::Compute::from_f64(wa), T::Compute::from_f64(wb));
         Zip::from(out_items.slice_axis_mut(Axis(0), item))
             .and(&a)
             .and(&b)
-            .for_each(|o, &a, &b| *o = wa * a + wb * b);
+            .for_each(|o, &a, &b| *o = T::narrow(wa * a.widen() + wb * b.widen()));
     }
     Ok(out)
 }

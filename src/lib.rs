@@ -53,9 +53,9 @@
 //!
 //! Arrays are taken as `&ArrayRef<T, D>` (and `&mut ArrayRef<T, D>` for buffers), ndarray's
 //! way of accepting owned arrays, views and shared arrays alike, of any dimensionality and
-//! memory layout, with `T` either `f32` or `f64` ([`DdimFloat`]). Inside, every step is the same
-//! per-element update with other scalars ([`StepScalars`]), applied by one kernel compiled once
-//! per element type.
+//! memory layout, with `T` any [`DdimFloat`] (`f32`, `f64`, and with the `half` feature the
+//! 16-bit `half::f16` and `half::bf16`). Inside, every step is the same per-element update with
+//! other scalars ([`StepScalars`]), applied by one kernel compiled once per element type.
 //!
 //! ```
 //! use ddim::ndarray::Array2;
@@ -114,8 +114,62 @@
 //!
 //! # Element types
 //!
-//! Array methods accept `f32` and `f64` ([`DdimFloat`]). The schedule tables are float32 as in the
-//! reference; with `f64` arrays the per-element arithmetic runs in double.
+//! Array methods accept `f32` and `f64` ([`DdimFloat`]), and with the cargo feature `half` the
+//! 16-bit `half::f16` and `half::bf16` of the `half` crate (version 2, re-exported as
+//! `ddim::half`), the types in which ort, candle and burn hand out the tensors of float16 and
+//! bfloat16 models. The schedule tables are float32 as in the reference; with `f64` arrays the
+//! per-element arithmetic runs in double.
+//!
+//! 16-bit arrays are computed in `f32` and each output is rounded once: a call widens every
+//! value it reads (exactly), evaluates the `f32` formulas, and rounds each value it writes to
+//! the 16-bit type, to nearest with ties to even. Its result is, bit for bit, that of the same
+//! call on the widened arrays in `f32`, rounded. So dynamic thresholding takes its quantile over
+//! the `f32` values of `|x0|`, noise from a [`NoiseSource::Rng`] generator is drawn in `f32` (a
+//! 16-bit step equals the `f32` step with an equally seeded generator, rounded), given noise is
+//! widened, and [`NoiseSource::Torch`] draws 16-bit noise, as diffusers does for a 16-bit model
+//! ([`TorchGenerator`] draws `torch.float16` and `torch.bfloat16` exactly as torch does).
+//!
+//! This is deliberately not the reference's arithmetic: diffusers' `step` on float16 tensors
+//! rounds the result of every torch operation to float16, several roundings per output. One
+//! rounding is more accurate. On the inputs of the repository's fixture
+//! (`scripts/golden_torch_half.py`: six configurations, three timesteps each, 4,608 values per
+//! output and type), measured against the exact step (the same step in float64 on the same
+//! values, with the same float32 schedule scalars):
+//!
+//! | | `prev_sample` | `pred_original_sample` |
+//! | --- | --- | --- |
+//! | diffusers, float16 | 58% correctly rounded; off by up to 3.7e-3, 424 ulp | 79%; up to 4.8e-2, 292 ulp |
+//! | this crate, `f16` | all but 1 correctly rounded; off by up to 9.7e-4, 0.58 ulp | all but 1; up to 0.50 ulp |
+//! | diffusers, bfloat16 | 60%; up to 3.4e-2, 1,010 ulp | 79%; up to 0.27, 251 ulp |
+//! | this crate, `bf16` | all correctly rounded; up to 7.8e-3, 0.50 ulp | all but 1; up to 0.66 ulp |
+//!
+//! (ulp: the spacing of the 16-bit type at the exact value; the reference's largest errors in
+//! ulp are on results near zero, where subtracting rounded terms leaves mostly rounding error.
+//! The values of `prev_sample` reach 3.9, and a float16 ulp is 2e-3 between 2 and 4; those of
+//! `pred_original_sample` reach 62 at the first timestep of an epsilon model, where it is
+//! 3.1e-2.) A 16-bit loop therefore does not reproduce a float16 diffusers loop bit for bit; it
+//! stays closer to the float32 one.
+//!
+//! ```
+//! # #[cfg(feature = "half")] {
+//! use ddim::half::f16;
+//! use ddim::ndarray::Array4;
+//! use ddim::{DdimConfig, DdimScheduler};
+//!
+//! let mut scheduler = DdimScheduler::new(DdimConfig::default())?;
+//! scheduler.set_timesteps(10)?;
+//! let latents = Array4::from_elem((1, 4, 8, 8), f16::from_f32(0.5));
+//! let eps = latents.mapv(|v| v * f16::from_f32(0.1)); // an fp16 model's output
+//! let t = scheduler.timesteps()[0];
+//! let out = scheduler.step(&eps, t, &latents)?;
+//!
+//! // The f32 step on the same values, rounded once.
+//! let widen = |a: &Array4<f16>| a.mapv(f32::from);
+//! let reference = scheduler.step(&widen(&eps), t, &widen(&latents))?;
+//! assert_eq!(out.prev_sample, reference.prev_sample.mapv(f16::from_f32));
+//! # }
+//! # Ok::<(), ddim::DdimError>(())
+//! ```
 //!
 //! # Layout of the source
 //!
@@ -147,6 +201,8 @@ mod scheduler;
 mod threshold;
 mod timesteps;
 
+#[cfg(feature = "half")]
+pub use half;
 pub use ndarray;
 pub use rand;
 

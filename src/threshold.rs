@@ -1,19 +1,20 @@
 //! Dynamic thresholding (Saharia et al. 2022, "Photorealistic Text-to-Image Diffusion Models
 //! with Deep Language Understanding", section 2.3): the per-batch-item threshold `s`.
 
-use crate::DdimFloat;
+use crate::float::Arithmetic;
 
 /// The threshold `s` of one batch item: the `ratio` quantile of `|x0|` over the item's elements,
 /// clamped to `[1, max_value]` (to `max_value` when `max_value < 1`, as `torch.clamp` does).
 ///
-/// `abs_x0` holds the bit patterns of `|x0|` (see [`DdimFloat::to_bits`]; for non-negative
-/// values their integer order is the numeric order) and is reordered in place. The quantile interpolates linearly between
-/// the two nearest order statistics as `torch.quantile` does: rank `r = ratio * (len - 1)` in
-/// double with `ratio` rounded to the element type, `lo = floor(r)`, `hi = ceil(r)`, the weight
-/// `r - lo` rounded to the element type, and
-/// `torch.lerp`'s two-sided formula with a fused multiply-add. The order statistics are found by
+/// `T` is the compute type (`f32` for 16-bit elements, whose `|x0|` is taken in `f32`).
+/// `abs_x0` holds the bit patterns of `|x0|` (see [`Arithmetic::to_bits`]; for non-negative
+/// values their integer order is the numeric order) and is reordered in place. The quantile
+/// interpolates linearly between the two nearest order statistics as `torch.quantile` does:
+/// rank `r = ratio * (len - 1)` in double with `ratio` rounded to `T`, `lo = floor(r)`,
+/// `hi = ceil(r)`, the weight `r - lo` rounded to `T`, and `torch.lerp`'s two-sided formula
+/// with a fused multiply-add. The order statistics are found by
 /// selection, in linear time. NaN anywhere gives NaN. An empty slice gives 1.
-pub(crate) fn dynamic_threshold<T: DdimFloat>(
+pub(crate) fn dynamic_threshold<T: Arithmetic>(
     abs_x0: &mut [T::Bits],
     ratio: f64,
     max_value: T,
@@ -29,7 +30,7 @@ pub(crate) fn dynamic_threshold<T: DdimFloat>(
 }
 
 /// `min(max(s, 1), max_value)`.
-fn clamp_threshold<T: DdimFloat>(s: T, max_value: T) -> T {
+fn clamp_threshold<T: Arithmetic>(s: T, max_value: T) -> T {
     let s = if s < T::ONE { T::ONE } else { s };
     if s > max_value {
         max_value
@@ -40,7 +41,7 @@ fn clamp_threshold<T: DdimFloat>(s: T, max_value: T) -> T {
 
 /// The linearly interpolated `ratio` quantile of the non-negative values whose bit patterns
 /// are `values` (reordered in place); `None` when empty.
-fn quantile<T: DdimFloat>(values: &mut [T::Bits], ratio: f64) -> Option<T> {
+fn quantile<T: Arithmetic>(values: &mut [T::Bits], ratio: f64) -> Option<T> {
     let last = values.len().checked_sub(1)?;
     // Every NaN pattern of a non-negative sign lies above infinity's.
     let infinity = T::to_bits(T::ONE / T::ZERO);
@@ -65,7 +66,7 @@ fn quantile<T: DdimFloat>(values: &mut [T::Bits], ratio: f64) -> Option<T> {
 
 /// `torch.lerp(start, end, weight)`: `start + w (end - start)` for `|w| < 0.5`, else
 /// `end - (end - start)(1 - w)` (so that both endpoints are exact), each with one rounding.
-fn lerp<T: DdimFloat>(start: T, end: T, weight: T) -> T {
+fn lerp<T: Arithmetic>(start: T, end: T, weight: T) -> T {
     let half = T::from_f64(0.5);
     let span = end - start;
     if weight.abs() < half {

@@ -252,3 +252,83 @@ fn buffers_of_another_shape_are_refused_and_left_untouched() {
     assert!(err.to_string().contains("prev_sample"), "{err}");
     assert!(out.prev_sample.iter().all(|&v| v == 0.0));
 }
+
+/// 16-bit steps (feature `half`) into buffers and in place allocate nothing after the first call
+/// either: the arithmetic runs in `f32` element by element (thresholding's scratch space is the
+/// `f32` one, grown on the first call), and a `Torch` source allocates its draw, as for `f32`.
+#[cfg(feature = "half")]
+#[test]
+fn half_steps_into_buffers_and_in_place_allocate_nothing_after_the_first() {
+    use ddim::half::f16;
+
+    /// The options of one step with noise from `source`.
+    fn options<'a>(
+        source: Source,
+        eta: f64,
+        given: &'a Array4<f16>,
+        rng: &'a mut StdRng,
+        torch: &'a mut TorchGenerator,
+    ) -> StepOptions<'a, f16> {
+        let noise = match source {
+            Source::None => NoiseSource::None,
+            Source::Given => NoiseSource::given(given),
+            Source::Rng => NoiseSource::Rng(rng),
+            Source::Torch => NoiseSource::Torch(torch),
+        };
+        StepOptions {
+            eta,
+            noise,
+            use_clipped_model_output: true,
+        }
+    }
+
+    let shape = (2, 4, 16, 16);
+    let half = |v: f32| f16::from_f32(v);
+    let model_output =
+        Array4::from_shape_fn(shape, |(b, c, y, x)| half(((b + c + y * x) as f32).sin()));
+    let given = Array4::from_shape_fn(shape, |(b, c, y, x)| half(((b * c + y + x) as f32).cos()));
+
+    for (name, config) in configs() {
+        let scheduler = scheduler(config, 20);
+        let timesteps = scheduler.timesteps().to_vec();
+        for source in SOURCES {
+            let etas: &[f64] = if source == Source::None {
+                &[0.0]
+            } else {
+                &[0.0, 1.0]
+            };
+            for &eta in etas {
+                let label = format!("f16, {name}, {source:?} noise, eta {eta}");
+                let mut rng = StdRng::seed_from_u64(0);
+                let mut torch = TorchGenerator::manual_seed(0);
+                let mut latents = model_output.mapv(|v| half(f32::from(v) * 0.5 + 0.1));
+                let mut out = DdimSchedulerOutput::zeros(latents.raw_dim());
+
+                let mut both = |t: usize, latents: &mut Array4<f16>| -> [usize; 2] {
+                    let s = &scheduler;
+                    let into = allocations_in(|| {
+                        let options = options(source, eta, &given, &mut rng, &mut torch);
+                        let (prev, x0) = (&mut out.prev_sample, &mut out.pred_original_sample);
+                        s.step_into(&model_output, t, &*latents, options, prev, x0)
+                            .expect("step_into");
+                    });
+                    let in_place = allocations_in(|| {
+                        let options = options(source, eta, &given, &mut rng, &mut torch);
+                        s.step_in_place(&model_output, t, latents, options)
+                            .expect("step_in_place");
+                    });
+                    [into, in_place]
+                };
+                both(timesteps[0], &mut latents);
+
+                let expected = expected_allocations(source, eta);
+                for &t in &timesteps[1..] {
+                    let [into, in_place] = both(t, &mut latents);
+                    assert_eq!(into, expected, "{label}: step_into at t = {t}");
+                    assert_eq!(in_place, expected, "{label}: step_in_place at t = {t}");
+                }
+                assert!(latents.iter().all(|v| v.is_finite()), "{label}: finite");
+            }
+        }
+    }
+}

@@ -14,6 +14,11 @@
 //! On x86-64 the pass is also compiled for AVX2 and chosen at run time: the same operations in
 //! the same order (Rust never fuses or reorders floating-point operations), so the same results
 //! to the bit.
+//!
+//! The arrays hold the element type `T`; the scalars and the arithmetic are in its compute type
+//! `T::Compute` (the element type itself for `f32` and `f64`, `f32` for the 16-bit types). The
+//! pass widens each value it reads and narrows each value it writes, once; for `f32` and `f64`
+//! both are the identity, so their code is what it would be without them.
 
 use ndarray::{ArrayViewD, ArrayViewMutD, Axis, Slice, Zip};
 
@@ -28,14 +33,14 @@ mod parallel;
 pub(crate) use update::{Update, X0Bounds};
 
 /// Where the noise of a pass comes from.
-pub(crate) enum Noise<'a, T> {
+pub(crate) enum Noise<'a, T: DdimFloat> {
     /// No noise (deterministic steps).
     Zero,
-    /// A caller-provided array of the sample's shape.
+    /// A caller-provided array of the sample's shape (widened as it is read).
     Given(ArrayViewD<'a, T>),
-    /// Drawn by a generator that fills a block of values at a time, in the order the pass
-    /// visits the elements.
-    Drawn(&'a mut dyn FnMut(&mut [T])),
+    /// Drawn in the compute type by a generator that fills a block of values at a time, in the
+    /// order the pass visits the elements.
+    Drawn(&'a mut dyn FnMut(&mut [T::Compute])),
 }
 
 /// The sample, and where the results of a pass go.
@@ -50,7 +55,7 @@ pub(crate) enum Target<'a, T> {
     InPlace(ArrayViewMutD<'a, T>),
 }
 
-impl<T> Noise<'_, T> {
+impl<T: DdimFloat> Noise<'_, T> {
     /// The same noise restricted to `range` along axis 0 (drawn noise keeps its generator).
     pub(crate) fn item(&mut self, range: Slice) -> Noise<'_, T> {
         match self {
@@ -91,8 +96,8 @@ impl<T> Target<'_, T> {
 ///
 /// The caller guarantees that all arrays have the same shape.
 pub(crate) fn fused_step<T: DdimFloat>(
-    u: &Update<T>,
-    bounds: &X0Bounds<T>,
+    u: &Update<T::Compute>,
+    bounds: &X0Bounds<T::Compute>,
     model_output: ArrayViewD<'_, T>,
     target: Target<'_, T>,
     noise: Noise<'_, T>,
@@ -107,8 +112,8 @@ pub(crate) fn fused_step<T: DdimFloat>(
 
 /// The pass on the calling thread, for the best instruction set the CPU has.
 fn on_this_thread<T: DdimFloat>(
-    u: &Update<T>,
-    bounds: &X0Bounds<T>,
+    u: &Update<T::Compute>,
+    bounds: &X0Bounds<T::Compute>,
     model_output: ArrayViewD<'_, T>,
     target: Target<'_, T>,
     noise: Noise<'_, T>,
@@ -131,8 +136,8 @@ fn on_this_thread<T: DdimFloat>(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 fn avx2<T: DdimFloat>(
-    u: &Update<T>,
-    bounds: &X0Bounds<T>,
+    u: &Update<T::Compute>,
+    bounds: &X0Bounds<T::Compute>,
     model_output: ArrayViewD<'_, T>,
     target: Target<'_, T>,
     noise: Noise<'_, T>,
@@ -140,19 +145,19 @@ fn avx2<T: DdimFloat>(
     pass::portable(u, bounds, model_output, target, noise);
 }
 
-/// Writes `weight_a * a + weight_b * b` into `out`, element by element: the shape of
-/// `add_noise` (`sqrt(alpha_bar) * x0 + sqrt(1 - alpha_bar) * eps`) and `get_velocity`.
+/// Writes `weight_a * a + weight_b * b` into `out`, element by element, in the compute type
+/// with one rounding of each result: the shape of `add_noise`
+/// (`sqrt(alpha_bar) * x0 + sqrt(1 - alpha_bar) * eps`) and `get_velocity`.
 pub(crate) fn weighted_sum<T: DdimFloat>(
-    weight_a: T,
+    weight_a: T::Compute,
     a: ArrayViewD<'_, T>,
-    weight_b: T,
+    weight_b: T::Compute,
     b: ArrayViewD<'_, T>,
     out: ArrayViewMutD<'_, T>,
 ) {
-    Zip::from(out)
-        .and(&a)
-        .and(&b)
-        .for_each(|o, &a, &b| *o = weight_a * a + weight_b * b);
+    Zip::from(out).and(&a).and(&b).for_each(|o, &a, &b| {
+        *o = T::narrow(weight_a * a.widen() + weight_b * b.widen());
+    });
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use crate::DdimFloat;
 type Unsplit<'t, 'n, T> = (Target<'t, T>, Noise<'n, T>);
 
 /// Given noise of one part, or none.
-fn noise_of<T>(z: Option<&[T]>) -> Noise<'_, T> {
+fn noise_of<T: DdimFloat>(z: Option<&[T]>) -> Noise<'_, T> {
     match z {
         Some(z) => Noise::Given(ArrayView1::from(z).into_dyn()),
         None => Noise::Zero,
@@ -26,8 +26,8 @@ const MIN_ELEMENTS: usize = 1 << 21;
 /// and the noise is not drawn from a generator (whose draws must stay in order); then returns
 /// `None`. Otherwise hands `target` and `noise` back untouched.
 pub(super) fn try_split<'t, 'n, T: DdimFloat>(
-    u: &Update<T>,
-    bounds: &X0Bounds<T>,
+    u: &Update<T::Compute>,
+    bounds: &X0Bounds<T::Compute>,
     model_output: &ArrayViewD<'_, T>,
     mut target: Target<'t, T>,
     noise: Noise<'n, T>,

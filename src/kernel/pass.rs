@@ -1,19 +1,21 @@
 //! The single pass that applies [`element`] to whole arrays: over plain slices, block by
 //! block, when every array is contiguous and row-major (loops the compiler vectorises), and
-//! through `Zip` over dynamic-dimension views otherwise.
+//! through `Zip` over dynamic-dimension views otherwise. Each value read is widened to the
+//! compute type and each result narrowed to the element type, once ([`store`]).
 
 use ndarray::Zip;
 
 use super::update::{element, with_prediction, Update, X0Bounds};
 use super::{Noise, Target};
+use crate::float::Arithmetic;
 use crate::DdimFloat;
 
 /// The pass for whatever instruction set the caller was compiled for; `#[inline(always)]` so
 /// that the AVX2 copy in [`super`] gets its own code.
 #[inline(always)]
 pub(super) fn portable<T: DdimFloat>(
-    u: &Update<T>,
-    bounds: &X0Bounds<T>,
+    u: &Update<T::Compute>,
+    bounds: &X0Bounds<T::Compute>,
     model_output: ndarray::ArrayViewD<'_, T>,
     target: Target<'_, T>,
     noise: Noise<'_, T>,
@@ -23,7 +25,7 @@ pub(super) fn portable<T: DdimFloat>(
     macro_rules! run {
         ($p:ty, $eps_from_x0:literal, $bound:literal) => {
             for_each_element(model_output, target, noise, |s, m, z| {
-                element::<T, $p, $eps_from_x0, $bound>(u, bounds, s, m, z)
+                element::<T::Compute, $p, $eps_from_x0, $bound>(u, bounds, s, m, z)
             })
         };
     }
@@ -36,21 +38,22 @@ pub(super) fn portable<T: DdimFloat>(
 }
 
 /// Elements per block of the contiguous path. The noise of a block is gathered into a small
-/// buffer first (drawn from the generator, or zeros), so that the arithmetic over every block is
-/// one vectorised loop even when the noise comes from a generator one value at a time.
+/// buffer first (drawn from the generator, widened from given 16-bit noise, or zeros), so that
+/// the arithmetic over every block is one vectorised loop even when the noise comes from a
+/// generator one value at a time.
 pub(super) const BLOCK: usize = 256;
 
 /// A generator that fills a block of noise at a time.
-type Draw<'a, T> = &'a mut dyn FnMut(&mut [T]);
+type Draw<'a, C> = &'a mut dyn FnMut(&mut [C]);
 
-/// The noise of the contiguous path, handed out block by block.
-struct NoiseBlocks<'a, T> {
+/// The noise of the contiguous path, handed out block by block in the compute type.
+struct NoiseBlocks<'a, T: DdimFloat> {
     /// Given noise not yet handed out.
     given: Option<&'a [T]>,
     /// The generator of drawn noise.
-    draw: Option<Draw<'a, T>>,
-    /// Drawn noise of the current block, or zeros.
-    buffer: [T; BLOCK],
+    draw: Option<Draw<'a, T::Compute>>,
+    /// Drawn or widened noise of the current block, or zeros.
+    buffer: [T::Compute; BLOCK],
 }
 
 impl<'a, T: DdimFloat> NoiseBlocks<'a, T> {
@@ -58,13 +61,13 @@ impl<'a, T: DdimFloat> NoiseBlocks<'a, T> {
     fn new(noise: &'a mut Noise<'_, T>) -> Option<Self> {
         let (given, draw) = match noise {
             Noise::Given(z) => (Some(z.as_slice()?), None),
-            Noise::Drawn(draw) => (None, Some(&mut **draw as &mut dyn FnMut(&mut [T]))),
+            Noise::Drawn(draw) => (None, Some(&mut **draw as Draw<'a, T::Compute>)),
             Noise::Zero => (None, None),
         };
         Some(NoiseBlocks {
             given,
             draw,
-            buffer: [T::ZERO; BLOCK],
+            buffer: [T::Compute::ZERO; BLOCK],
         })
     }
 
@@ -75,11 +78,19 @@ impl<'a, T: DdimFloat> NoiseBlocks<'a, T> {
 
     /// The noise of the next `len <= BLOCK` elements.
     #[inline(always)]
-    fn next(&mut self, len: usize) -> &[T] {
+    fn next(&mut self, len: usize) -> &[T::Compute] {
         if let Some(given) = &mut self.given {
             let (head, tail) = given.split_at(len.min(given.len()));
             *given = tail;
-            return head;
+            // `f32` and `f64` noise is used where it lies; 16-bit noise is widened first.
+            if let Some(same) = T::as_compute(head) {
+                return same;
+            }
+            let block = &mut self.buffer[..head.len().min(BLOCK)];
+            for (slot, &z) in block.iter_mut().zip(head) {
+                *slot = z.widen();
+            }
+            return block;
         }
         let block = &mut self.buffer[..len.min(BLOCK)];
         if let Some(draw) = &mut self.draw {
@@ -89,14 +100,18 @@ impl<'a, T: DdimFloat> NoiseBlocks<'a, T> {
     }
 }
 
-/// Runs `element(sample, model_output, noise) -> (prev, x0)` over every element and stores the
-/// results in `target`.
+/// Runs `element(sample, model_output, noise) -> (prev, x0)` in the compute type over every
+/// element and stores the results in `target`.
+///
+/// The closures below capture nothing but `element` and the noise: a local captured by
+/// reference (a `zero` variable, a helper closure around `element`) was enough to stop the
+/// contiguous loops from vectorising (a deterministic `f32` step became six times slower).
 #[inline(always)]
 fn for_each_element<T: DdimFloat>(
     model_output: ndarray::ArrayViewD<'_, T>,
     target: Target<'_, T>,
     mut noise: Noise<'_, T>,
-    element: impl Fn(T, T, T) -> (T, T),
+    element: impl Fn(T::Compute, T::Compute, T::Compute) -> (T::Compute, T::Compute),
 ) {
     let m = &model_output;
     match target {
@@ -115,7 +130,7 @@ fn for_each_element<T: DdimFloat>(
                 if zs.is_zero() {
                     // No noise stream at all: the leanest loop.
                     for ((p, x), (&s, &m)) in ps.iter_mut().zip(xs).zip(ss.iter().zip(ms)) {
-                        (*p, *x) = element(s, m, T::ZERO);
+                        store(p, x, element(s.widen(), m.widen(), T::Compute::ZERO));
                     }
                     return;
                 }
@@ -124,25 +139,27 @@ fn for_each_element<T: DdimFloat>(
                     let z = zs.next(s.len());
                     for ((p, x), ((&s, &m), &z)) in p.iter_mut().zip(x).zip(s.iter().zip(m).zip(z))
                     {
-                        (*p, *x) = element(s, m, z);
+                        store(p, x, element(s.widen(), m.widen(), z));
                     }
                 }
                 return;
             }
             let zip = Zip::from(&mut p).and(&mut x).and(&s).and(m);
             match noise {
-                Noise::Given(z) => zip
-                    .and(&z)
-                    .for_each(|p, x, &s, &m, &z| (*p, *x) = element(s, m, z)),
+                Noise::Given(z) => zip.and(&z).for_each(|p, x, &s, &m, &z| {
+                    store(p, x, element(s.widen(), m.widen(), z.widen()))
+                }),
                 // Drawn noise follows the row-major order of the elements whatever the memory
                 // layout (`Zip` visits them in memory order), so iterate logically.
                 Noise::Drawn(draw) => {
                     let outputs = p.iter_mut().zip(x.iter_mut());
                     for ((p, x), (&s, &m)) in outputs.zip(s.iter().zip(m.iter())) {
-                        (*p, *x) = element(s, m, draw_one(draw));
+                        store(p, x, element(s.widen(), m.widen(), draw_one(draw)));
                     }
                 }
-                Noise::Zero => zip.for_each(|p, x, &s, &m| (*p, *x) = element(s, m, T::ZERO)),
+                Noise::Zero => zip.for_each(|p, x, &s, &m| {
+                    store(p, x, element(s.widen(), m.widen(), T::Compute::ZERO))
+                }),
             }
         }
         Target::InPlace(mut s) => {
@@ -151,36 +168,47 @@ fn for_each_element<T: DdimFloat>(
             {
                 if zs.is_zero() {
                     for (s, &m) in ss.iter_mut().zip(ms) {
-                        *s = element(*s, m, T::ZERO).0;
+                        *s = T::narrow(element(s.widen(), m.widen(), T::Compute::ZERO).0);
                     }
                     return;
                 }
                 for (s, m) in ss.chunks_mut(BLOCK).zip(ms.chunks(BLOCK)) {
                     let z = zs.next(s.len());
                     for ((s, &m), &z) in s.iter_mut().zip(m).zip(z) {
-                        *s = element(*s, m, z).0;
+                        *s = T::narrow(element(s.widen(), m.widen(), z).0);
                     }
                 }
                 return;
             }
             let zip = Zip::from(&mut s).and(m);
             match noise {
-                Noise::Given(z) => zip.and(&z).for_each(|s, &m, &z| *s = element(*s, m, z).0),
+                Noise::Given(z) => zip.and(&z).for_each(|s, &m, &z| {
+                    *s = T::narrow(element(s.widen(), m.widen(), z.widen()).0)
+                }),
                 Noise::Drawn(draw) => {
                     for (s, &m) in s.iter_mut().zip(m.iter()) {
-                        *s = element(*s, m, draw_one(draw)).0;
+                        *s = T::narrow(element(s.widen(), m.widen(), draw_one(draw)).0);
                     }
                 }
-                Noise::Zero => zip.for_each(|s, &m| *s = element(*s, m, T::ZERO).0),
+                Noise::Zero => zip.for_each(|s, &m| {
+                    *s = T::narrow(element(s.widen(), m.widen(), T::Compute::ZERO).0)
+                }),
             }
         }
     }
 }
 
+/// Stores the results of one element, each rounded once to the element type.
+#[inline(always)]
+fn store<T: DdimFloat>(prev: &mut T, x0: &mut T, (p, x): (T::Compute, T::Compute)) {
+    *prev = T::narrow(p);
+    *x0 = T::narrow(x);
+}
+
 /// One value from a block-filling generator.
 #[inline(always)]
-fn draw_one<T: DdimFloat>(draw: &mut dyn FnMut(&mut [T])) -> T {
-    let mut one = [T::ZERO];
+fn draw_one<C: Arithmetic>(draw: &mut dyn FnMut(&mut [C])) -> C {
+    let mut one = [C::ZERO];
     draw(&mut one);
     one[0]
 }

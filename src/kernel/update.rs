@@ -30,8 +30,12 @@
 //! Each formula is evaluated with the reference's operations in the reference's order, so a
 //! float32 step rounds exactly as diffusers' does, and terms a prediction type does not have are
 //! left out (not multiplied by zero), so infinities and NaN travel as they do there.
+//!
+//! The type parameter of everything here is a compute type (`f32` or `f64`, see
+//! [`Arithmetic`]): 16-bit elements are widened to `f32` before these formulas see them.
 
 use crate::config::PredictionType;
+use crate::float::Arithmetic;
 use crate::DdimFloat;
 
 /// The noise level of the sample being stepped: `√α_t` and `√(1 − α_t)`.
@@ -68,8 +72,8 @@ pub(crate) struct Update<T> {
 }
 
 impl Update<f32> {
-    /// Widens every scalar to the element type, exactly.
-    pub(crate) fn widen<T: DdimFloat>(&self) -> Update<T> {
+    /// Widens every scalar to the compute type, exactly.
+    pub(crate) fn widen<T: Arithmetic>(&self) -> Update<T> {
         let w = T::from_f32;
         Update {
             prediction: self.prediction,

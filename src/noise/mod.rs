@@ -61,10 +61,12 @@ pub enum NoiseSource<'a, T> {
     #[default]
     None,
     /// Noise the caller drew, of the sample's shape (any layout); see
-    /// [`NoiseSource::given`].
+    /// [`NoiseSource::given`]. 16-bit noise is widened to `f32` as it is read.
     Given(ArrayViewD<'a, T>),
     /// One standard normal draw (`rand_distr::StandardNormal`) per element from this
-    /// generator, in the row-major order of the elements.
+    /// generator, in the row-major order of the elements, drawn in the element type's compute
+    /// type (`f32` for the 16-bit types of the `half` feature, so that a 16-bit step draws what
+    /// an `f32` step draws).
     Rng(&'a mut dyn Rng),
     /// One `randn` of the sample's shape and element type from this generator, as diffusers'
     /// `randn_tensor(model_output.shape, generator=g, dtype=model_output.dtype)` draws it.

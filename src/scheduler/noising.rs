@@ -5,6 +5,7 @@ use ndarray::{Array, ArrayRef, Axis, Dimension, Slice};
 
 use super::DdimScheduler;
 use crate::checks::{one_timestep_per_item, same_shape};
+use crate::float::Arithmetic;
 use crate::kernel::weighted_sum;
 use crate::{DdimError, DdimFloat};
 
@@ -12,7 +13,8 @@ impl DdimScheduler {
     /// Diffuses clean samples to the given timesteps, one per batch item (axis 0):
     /// `sqrt(alpha_bar_t) * original_samples + sqrt(1 - alpha_bar_t) * noise` (DDPM eq. 4).
     ///
-    /// The square roots are taken in the element type, as the reference does here.
+    /// The square roots are taken in the element type, as the reference does here (in `f32` for
+    /// 16-bit elements, whose results are the `f32` call's on the same values, rounded once).
     ///
     /// # Errors
     ///
@@ -75,26 +77,26 @@ impl DdimScheduler {
     }
 
     /// `w_a * a + w_b * b` per batch item, with `(w_a, w_b) = weights(sqrt(alpha_bar_t),
-    /// sqrt(1 - alpha_bar_t))` in the element type; `b` is the noise.
+    /// sqrt(1 - alpha_bar_t))` in the compute type; `b` is the noise.
     fn per_item_blend<T: DdimFloat, D: Dimension>(
         &self,
         a: &ArrayRef<T, D>,
         b: &ArrayRef<T, D>,
         timesteps: &[usize],
-        weights: impl Fn(T, T) -> (T, T),
+        weights: impl Fn(T::Compute, T::Compute) -> (T::Compute, T::Compute),
     ) -> Result<Array<T, D>, DdimError> {
         same_shape("noise", b.shape(), "sample", a.shape())?;
         one_timestep_per_item(timesteps.len(), a.shape())?;
         let alphas = timesteps
             .iter()
-            .map(|&t| self.alpha_bar(t).map(T::from_f32))
-            .collect::<Result<Vec<T>, _>>()?;
+            .map(|&t| self.alpha_bar(t).map(T::Compute::from_f32))
+            .collect::<Result<Vec<_>, _>>()?;
         let mut out = Array::from_elem(a.raw_dim(), T::ZERO);
         let (a, b) = (a.view().into_dyn(), b.view().into_dyn());
         let mut out_dyn = out.view_mut().into_dyn();
         for (i, alpha) in alphas.into_iter().enumerate() {
             let item = Slice::from(i..=i);
-            let (wa, wb) = weights(alpha.sqrt(), (T::ONE - alpha).sqrt());
+            let (wa, wb) = weights(alpha.sqrt(), (T::Compute::ONE - alpha).sqrt());
             weighted_sum(
                 wa,
                 a.slice_axis(Axis(0), item),

@@ -12,6 +12,7 @@ use ndarray::{ArrayRef, Dimension, Zip};
 
 use super::DdimScheduler;
 use crate::checks::same_shape;
+use crate::float::Arithmetic;
 use crate::{DdimError, DdimFloat};
 
 /// The part of the schedule a partial denoising loop runs (see
@@ -156,8 +157,9 @@ impl DdimScheduler {
     /// step, where the image latents are put back without noise. One pass over the arrays,
     /// without allocation; `mask` is broadcast to the latents' shape as numpy broadcasts (the
     /// pipeline's mask has one channel, `(batch, 1, height, width)`). The arithmetic is the
-    /// pipeline's, in the element type, with `add_noise`'s square roots taken as
-    /// [`add_noise`](DdimScheduler::add_noise) takes them.
+    /// pipeline's, in the element type (in `f32` for 16-bit elements, each result rounded once),
+    /// with `add_noise`'s square roots taken as [`add_noise`](DdimScheduler::add_noise) takes
+    /// them.
     ///
     /// # Errors
     ///
@@ -208,23 +210,27 @@ impl DdimScheduler {
                 expected: shape.to_vec(),
             });
         };
-        let one = T::ONE;
+        // `(1 - mask) * known + mask * latents`, in the compute type, rounded once.
+        let one = T::Compute::ONE;
         let Some(t) = next_timestep else {
             Zip::from(latents)
                 .and(image_latents)
                 .and(&mask)
-                .for_each(|x, &image, &m| *x = (one - m) * image + m * *x);
+                .for_each(|x, &image, &m| {
+                    let m = m.widen();
+                    *x = T::narrow((one - m) * image.widen() + m * x.widen());
+                });
             return Ok(());
         };
-        let alpha = T::from_f32(self.alpha_bar(t)?);
+        let alpha = T::Compute::from_f32(self.alpha_bar(t)?);
         let (sa, sb) = (alpha.sqrt(), (one - alpha).sqrt());
         Zip::from(latents)
             .and(image_latents)
             .and(noise)
             .and(&mask)
             .for_each(|x, &image, &z, &m| {
-                let known = sa * image + sb * z;
-                *x = (one - m) * known + m * *x;
+                let (m, known) = (m.widen(), sa * image.widen() + sb * z.widen());
+                *x = T::narrow((one - m) * known + m * x.widen());
             });
         Ok(())
     }

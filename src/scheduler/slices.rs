@@ -11,7 +11,11 @@ use super::{DdimScheduler, StepOptions};
 use crate::{DdimError, DdimFloat};
 
 /// `slice` viewed as a row-major array of `shape`.
-fn view<'a, T>(name: &'static str, slice: &'a [T], shape: &[usize]) -> Result<ArrayView<'a, T, IxDyn>, DdimError> {
+fn view<'a, T>(
+    name: &'static str,
+    slice: &'a [T],
+    shape: &[usize],
+) -> Result<ArrayView<'a, T, IxDyn>, DdimError> {
     check_len(name, slice.len(), shape)?;
     ArrayView::from_shape(IxDyn(shape), slice).map_err(|_| slice_error(name, slice.len(), shape))
 }

@@ -18,7 +18,7 @@ use ndarray::{Array, ArrayD, ArrayRef, ArrayViewD, Axis, Dimension, IxDyn, Slice
 use super::DdimScheduler;
 use crate::checks::{one_timestep_per_item, same_shape};
 use crate::coefficients::{check_eta, StepScalars};
-use crate::float::Sealed;
+use crate::float::Arithmetic;
 use crate::kernel::{fused_step, Noise, Target, Update, X0Bounds};
 use crate::noise::NoiseSource;
 use crate::threshold::dynamic_threshold;
@@ -447,8 +447,11 @@ impl DdimScheduler {
                 }
             }
             NoiseSource::Rng(rng) if drawn => {
-                rng_draw = move |block: &mut [T]| {
-                    block.iter_mut().for_each(|z| *z = T::standard_normal(rng));
+                // Drawn in the compute type: a 16-bit step draws what an `f32` step draws.
+                rng_draw = move |block: &mut [T::Compute]| {
+                    block
+                        .iter_mut()
+                        .for_each(|z| *z = T::Compute::standard_normal(rng));
                 };
                 Noise::Drawn(&mut rng_draw)
             }
@@ -491,6 +494,7 @@ impl DdimScheduler {
 
     /// One step with known scalars and checked arguments: the update's scalars, then one fused
     /// pass (per batch item, after a pass that finds the item's threshold, when thresholding).
+    /// Scalars, clamping bounds and the threshold are in the compute type.
     fn apply<T: DdimFloat>(
         &self,
         scalars: &StepScalars,
@@ -501,21 +505,21 @@ impl DdimScheduler {
         mut noise: Noise<'_, T>,
     ) {
         let config = self.config();
-        let update: Update<T> = scalars
+        let update: Update<T::Compute> = scalars
             .update(config.prediction_type, use_clipped_model_output)
             .widen();
         if !thresholding {
             let bounds = if config.clip_sample {
-                X0Bounds::symmetric(T::from_f64(config.clip_sample_range))
+                X0Bounds::symmetric(T::Compute::from_f64(config.clip_sample_range))
             } else {
                 X0Bounds::unbounded()
             };
             fused_step(&update, &bounds, model_output, target, noise);
             return;
         }
-        let max_value = T::from_f64(config.sample_max_value);
+        let max_value = T::Compute::from_f64(config.sample_max_value);
         let ratio = config.dynamic_thresholding_ratio;
-        T::with_scratch(|scratch| {
+        T::Compute::with_scratch(|scratch| {
             for i in 0..model_output.len_of(Axis(0)) {
                 let item = Slice::from(i..=i);
                 let m = model_output.slice_axis(Axis(0), item);
@@ -529,15 +533,16 @@ impl DdimScheduler {
     }
 }
 
-/// Replaces `out` with the bit patterns of `|raw x0|` of every element, in row-major order.
+/// Replaces `out` with the bit patterns of `|raw x0|` of every element, in row-major order, in
+/// the compute type.
 fn abs_raw_x0_bits<T: DdimFloat>(
-    update: &Update<T>,
+    update: &Update<T::Compute>,
     model_output: &ArrayViewD<'_, T>,
     sample: &ArrayViewD<'_, T>,
-    out: &mut Vec<<T as Sealed>::Bits>,
+    out: &mut Vec<<T::Compute as Arithmetic>::Bits>,
 ) {
     out.clear();
-    let bits = |(&m, &s): (&T, &T)| update.raw_x0(s, m).abs().to_bits();
+    let bits = |(&m, &s): (&T, &T)| update.raw_x0(s.widen(), m.widen()).abs().to_bits();
     match (model_output.as_slice(), sample.as_slice()) {
         (Some(m), Some(s)) => out.extend(m.iter().zip(s).map(bits)),
         _ => out.extend(model_output.iter().zip(sample.iter()).map(bits)),

@@ -21,6 +21,7 @@ mod errors;
 mod golden;
 mod golden_beyond;
 mod guidance;
+mod half;
 mod hostile;
 mod interop;
 mod paper_claim;

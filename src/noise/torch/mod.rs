@@ -15,17 +15,24 @@
 //!   and transformed again. For float32 the arithmetic is float32, and on x86-64 torch uses
 //!   vectorised polynomial approximations of `log`, `sin` and `cos` there
 //!   ([`TorchCpuKernel`]).
+//! - float16 and bfloat16 `randn` of 16 or more elements is computed in float32, one block of
+//!   16 at a time: 16 fresh float32 uniforms, the float32 block transform above (of the same
+//!   kernel), each result rounded to the 16-bit type (to nearest even). If the size is not a
+//!   multiple of 16, 16 more uniforms make the last 16 elements; unlike float32 and float64, no
+//!   uniform is drawn for the elements past the last whole block, so the engine advances by
+//!   16 draws per started block.
 //! - Fewer than 16 elements: each element is a float64 Box-Muller draw (`u1`, `u2` float64
-//!   uniforms, `r = sqrt(-2 log1p(-u2))`, `theta = 2 pi u1`) rounded to the element type; it
-//!   returns `r cos theta` and keeps `r sin theta` in the generator for the next such draw, of
-//!   either element type, in this call or a later one.
+//!   uniforms, `r = sqrt(-2 log1p(-u2))`, `theta = 2 pi u1`) rounded to the element type (for
+//!   the 16-bit types in two steps, to float32 first, as a C++ cast through torch's `Half` and
+//!   `BFloat16` constructors does); it returns `r cos theta` and keeps `r sin theta` in the
+//!   generator for the next such draw, of any element type, in this call or a later one.
 
-use std::any::TypeId;
 use std::f64::consts::PI;
 use std::fmt;
 
 use ndarray::{Array, ArrayRef, Dimension, IntoDimension};
 
+use crate::float::Precision;
 use crate::DdimFloat;
 
 mod cephes;
@@ -36,7 +43,9 @@ use mt19937::Mt19937;
 use normal::{normal_16_f32, normal_16_f64, BLOCK};
 
 /// Which of PyTorch's two CPU implementations of float32 `randn` to follow for tensors of 16 or
-/// more elements. Everything else (float64, and fewer than 16 elements) is the same in both.
+/// more elements (float16 and bfloat16 `randn` of that size runs the same float32 code and
+/// rounds its results, so it follows the kernel too). Everything else (float64, and fewer than 16
+/// elements) is the same in both.
 ///
 /// torch compiles its CPU kernels several times and picks one at startup, by the CPU:
 /// `torch.backends.cpu.get_cpu_capability()` tells which. For `"AVX2"` and `"AVX512"` (nearly
@@ -97,8 +106,9 @@ impl TorchCpuKernel {
 /// `torch.Generator().manual_seed(seed)` draws, so noise made here is the noise of the Python
 /// pipeline you are porting.
 ///
-/// [`randn`](Self::randn) is `torch.randn(shape, generator=g, dtype=...)` for `f32` and `f64`,
-/// and the generator's state advances across calls exactly as torch's does (including the
+/// [`randn`](Self::randn) is `torch.randn(shape, generator=g, dtype=...)` for `f32` and `f64`
+/// (and, with the `half` feature, `torch.float16` and `torch.bfloat16` as `half::f16` and
+/// `half::bf16`), and the generator's state advances across calls exactly as torch's does (including the
 /// second normal that torch keeps for its next draw of fewer than 16 elements). It is also
 /// what diffusers' `randn_tensor(shape, generator=g, dtype=...)` returns for a CPU generator,
 /// the function its pipelines draw initial latents and `DDIMScheduler.step`'s noise with.
@@ -107,11 +117,16 @@ impl TorchCpuKernel {
 ///
 /// # Precision
 ///
-/// Float64 results, and results of fewer than 16 elements in either type, are those of torch
+/// Float64 results, and results of fewer than 16 elements in any type, are those of torch
 /// bit for bit (given the same C library's `log`, `log1p`, `sin` and `cos`; on Linux both use
-/// glibc's). Float32 results of 16 or more elements depend on which of torch's CPU kernels is
-/// followed ([`TorchCpuKernel`]); with the matching kernel they are bit for bit too.
-/// [`manual_seed`](Self::manual_seed) picks the one torch picks on this machine.
+/// glibc's). Float32, float16 and bfloat16 results of 16 or more elements depend on which of
+/// torch's CPU kernels is followed ([`TorchCpuKernel`]); with the matching kernel they are bit
+/// for bit too. [`manual_seed`](Self::manual_seed) picks the one torch picks on this machine.
+/// One difference is expected but not checked: torch's headers build its float16 type on 64-bit
+/// ARM from the processor's own half type, which converts a double in one rounding, where
+/// x86-64 builds (followed here) round to float32 first. The two differ on about one float16
+/// draw of fewer than 16 elements in 18,000 (17 of 300,000 measured), by one unit in the last
+/// place.
 ///
 /// # Reproducing a diffusers loop
 ///
@@ -215,7 +230,9 @@ impl TorchGenerator {
     }
 
     /// `torch.randn(shape, generator=g, dtype=T)`: a new array of standard normal draws, in
-    /// row-major order, of any shape and of element type `f32` or `f64`. The shape is anything
+    /// row-major order, of any shape and of any element type ([`DdimFloat`]: `f32`, `f64`, and
+    /// with the `half` feature `half::f16` for `torch.float16` and `half::bf16` for
+    /// `torch.bfloat16`). The shape is anything
     /// ndarray turns into a dimension: `(1, 4, 64, 64)`, `[2, 3]`, `7`, `x.raw_dim()`,
     /// `IxDyn(&[..])`. An empty shape draws nothing.
     ///
@@ -274,26 +291,33 @@ impl TorchGenerator {
     fn fill_normal<T: DdimFloat>(&mut self, out: &mut [T]) {
         if out.len() < BLOCK {
             for slot in out.iter_mut() {
-                *slot = T::from_f64(self.normal_f64());
+                // `static_cast<scalar_t>(double)`: to float32 first for the 16-bit types.
+                *slot = T::narrow(T::Compute::from_f64(self.normal_f64()));
             }
-        } else if TypeId::of::<T>() == TypeId::of::<f32>() {
-            let kernel = self.kernel;
-            self.fill_blocks(out, Self::uniform_f32, |b| normal_16_f32(b, kernel));
-        } else {
-            self.fill_blocks(out, Self::uniform_f64, normal_16_f64);
+            return;
+        }
+        let kernel = self.kernel;
+        let single = |b: &mut [f32; BLOCK]| normal_16_f32(b, kernel);
+        match T::PRECISION {
+            Precision::Single => self.fill_blocks(out, Self::uniform_f32, single, true),
+            Precision::Double => self.fill_blocks(out, Self::uniform_f64, normal_16_f64, true),
+            Precision::Reduced => self.fill_blocks(out, Self::uniform_f32, single, false),
         }
     }
 
-    /// torch's `normal_fill` for `out.len() >= 16`, in precision `U`. torch first fills every
-    /// element with a uniform, transforms the blocks of 16, then refills and transforms the
-    /// last 16 elements if the size is not a multiple of 16; the uniforms drawn for the elements
-    /// past the last whole block are overwritten unused. Drawing block by block consumes the
-    /// engine in the same order and gives the same values.
+    /// torch's `normal_fill` for `out.len() >= 16`, with uniforms and arithmetic in precision
+    /// `U`, each result rounded to `T` once. For float32 and float64 (`uniforms_first`) torch
+    /// first fills every element with a uniform, transforms the blocks of 16, then refills and
+    /// transforms the last 16 elements if the size is not a multiple of 16; the uniforms drawn
+    /// for the elements past the last whole block are overwritten unused. Drawing block by block
+    /// consumes the engine in the same order and gives the same values. For the 16-bit types
+    /// torch draws block by block itself, and no uniform is wasted.
     fn fill_blocks<T, U>(
         &mut self,
         out: &mut [T],
         uniform: fn(&mut Self) -> U,
         transform: impl Fn(&mut [U; BLOCK]),
+        uniforms_first: bool,
     ) where
         T: DdimFloat,
         U: Copy + Default + Into<f64>,
@@ -305,8 +329,9 @@ impl TorchGenerator {
             }
             transform(&mut block);
             for (slot, &value) in dest.iter_mut().zip(block.iter()) {
-                // Exact: a float32 value survives the round trip through f64 unchanged.
-                *slot = T::from_f64(value.into());
+                // Exact but for the one rounding to a 16-bit type: a value of precision `U`
+                // survives the round trip through f64 and the compute type unchanged.
+                *slot = T::narrow(T::Compute::from_f64(value.into()));
             }
         };
         let mut chunks = out.chunks_exact_mut(BLOCK);
@@ -315,8 +340,10 @@ impl TorchGenerator {
         }
         let rest = chunks.into_remainder().len();
         if rest != 0 {
-            for _ in 0..rest {
-                uniform(self);
+            if uniforms_first {
+                for _ in 0..rest {
+                    uniform(self);
+                }
             }
             if let Some(last) = out.rchunks_exact_mut(BLOCK).next() {
                 draw_block(self, last);
