@@ -195,6 +195,14 @@ pub enum DdimError {
         did_you_mean: Option<&'static str>,
     },
 
+    /// A shape whose element count ndarray cannot hold (the product of its non-zero lengths
+    /// overflows `isize`).
+    #[error("shape {shape:?} is too large for an array: the product of its non-zero lengths overflows isize")]
+    ShapeTooLarge {
+        /// The shape given.
+        shape: Vec<usize>,
+    },
+
     /// A slice does not hold exactly the elements of the shape given with it.
     #[error("{name} has {len} elements, but shape {shape:?} needs {}", expected.map_or_else(|| "more than fit in memory".to_string(), |n| n.to_string()))]
     SliceLength {

@@ -3206,3 +3206,70 @@ fn nan_scalars_arise_only_where_the_reference_gives_nan() {
         .expect("accepted");
     assert!(out.prev_sample.iter().all(|v| v.is_infinite()));
 }
+
+/// `TorchGenerator::try_randn` on random shapes, zero-size and overflowing ones among them: never
+/// a panic; an error exactly when the product of the non-zero lengths overflows `isize`, naming
+/// the shape; the generator untouched on error and, on success, the draw `randn` makes.
+#[test]
+fn try_randn_never_panics_and_refuses_exactly_the_shapes_ndarray_cannot_hold() {
+    let mut rng = StdRng::seed_from_u64(0x7a11);
+    let lengths = [
+        0,
+        1,
+        2,
+        3,
+        17,
+        1 << 20,
+        1 << 31,
+        1 << 62,
+        usize::MAX / 2,
+        usize::MAX,
+    ];
+    let (mut refused, mut drawn) = (0, 0);
+    for case in 0..2000 {
+        let axes = rng.random_range(0..5usize);
+        let shape: Vec<usize> = (0..axes)
+            .map(|_| lengths[rng.random_range(0..lengths.len())])
+            .collect();
+        let fits = shape
+            .iter()
+            .filter(|&&d| d != 0)
+            .try_fold(1usize, |n, &d| n.checked_mul(d))
+            .is_some_and(|n| n <= isize::MAX as usize);
+        // Shapes that fit but are too large to draw here are left to the model alone.
+        let affordable = shape
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d))
+            .is_some_and(|n| n <= 1 << 16);
+        if fits && !affordable {
+            continue;
+        }
+        let mut g = TorchGenerator::manual_seed(case);
+        let before = g.clone();
+        let result = catch_unwind(AssertUnwindSafe(|| g.try_randn::<f32, _>(IxDyn(&shape))))
+            .unwrap_or_else(|_| panic!("try_randn panicked on {shape:?}"));
+        match result {
+            Ok(a) => {
+                assert!(fits, "{shape:?}");
+                assert_eq!(a.shape(), shape.as_slice());
+                let expected: ArrayD<f32> = before.clone().randn(IxDyn(&shape));
+                assert_eq!(bits(&a), bits(&expected), "{shape:?}");
+                drawn += 1;
+            }
+            Err(e) => {
+                assert!(!fits, "{shape:?}: {e}");
+                assert!(
+                    matches!(&e, DdimError::ShapeTooLarge { shape: s } if s == &shape),
+                    "{e:?}"
+                );
+                assert!(e.to_string().contains(&format!("{shape:?}")), "{e}");
+                assert!(g == before, "{shape:?}: the generator moved on error");
+                refused += 1;
+            }
+        }
+    }
+    assert!(
+        refused > 100 && drawn > 100,
+        "refused {refused}, drawn {drawn}"
+    );
+}

@@ -33,7 +33,7 @@ use std::fmt;
 use ndarray::{Array, ArrayRef, Dimension, IntoDimension};
 
 use crate::float::Precision;
-use crate::DdimFloat;
+use crate::{DdimError, DdimFloat};
 
 mod cephes;
 mod mt19937;
@@ -238,7 +238,9 @@ impl TorchGenerator {
     ///
     /// # Panics
     ///
-    /// As ndarray's constructors, if the number of elements overflows `isize`.
+    /// As ndarray's constructors, if the product of the shape's non-zero lengths overflows
+    /// `isize` (even when another length is 0, as in `(0, usize::MAX)`). For shapes that come
+    /// from input, use [`try_randn`](Self::try_randn), which returns an error instead.
     ///
     /// # Example
     ///
@@ -260,6 +262,47 @@ impl TorchGenerator {
         let mut out = Array::from_elem(shape.into_dimension(), T::ZERO);
         self.randn_into(&mut out);
         out
+    }
+
+    /// [`randn`](Self::randn) for shapes that come from input: an error instead of a panic when
+    /// the shape is too large to be an array. The generator is untouched on error.
+    ///
+    /// # Errors
+    ///
+    /// [`DdimError::ShapeTooLarge`] when the product of the shape's non-zero lengths overflows
+    /// `isize` (ndarray's limit), including zero-size shapes such as `(0, usize::MAX)`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use ddim::{DdimError, TorchGenerator};
+    ///
+    /// let mut g = TorchGenerator::manual_seed(0);
+    /// assert!(matches!(g.try_randn::<f32, _>((0, usize::MAX)), Err(DdimError::ShapeTooLarge { .. })));
+    /// let expected = TorchGenerator::manual_seed(0).randn::<f32, _>((2, 3));
+    /// assert_eq!(g.try_randn::<f32, _>((2, 3))?, expected); // nothing was drawn on error
+    /// # Ok::<(), DdimError>(())
+    /// ```
+    pub fn try_randn<T, Sh>(&mut self, shape: Sh) -> Result<Array<T, Sh::Dim>, DdimError>
+    where
+        T: DdimFloat,
+        Sh: IntoDimension,
+    {
+        let dim = shape.into_dimension();
+        let fits = dim
+            .slice()
+            .iter()
+            .filter(|&&d| d != 0)
+            .try_fold(1usize, |n, &d| n.checked_mul(d))
+            .is_some_and(|n| isize::try_from(n).is_ok());
+        if !fits {
+            return Err(DdimError::ShapeTooLarge {
+                shape: dim.slice().to_vec(),
+            });
+        }
+        let mut out = Array::from_elem(dim, T::ZERO);
+        self.randn_into(&mut out);
+        Ok(out)
     }
 
     /// Overwrites `out` with `torch.randn(out.shape(), generator=g, dtype=T)`, without
