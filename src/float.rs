@@ -99,6 +99,12 @@ pub trait Sealed: Sized + Copy {
     /// `f64`), so that such values are used where they lie instead of being copied; `None`
     /// for the 16-bit types.
     fn as_compute(values: &[Self]) -> Option<&[Self::Compute]>;
+    /// Widens `values` into `out` (as many as the shorter holds), as [`Sealed::widen`] does one
+    /// at a time, with several values per instruction where the CPU converts in hardware.
+    fn widen_slice(values: &[Self], out: &mut [Self::Compute]);
+    /// Narrows `values` into `out` (as many as the shorter holds), as [`Sealed::narrow`] does
+    /// one at a time, with several values per instruction where the CPU converts in hardware.
+    fn narrow_slice(values: &[Self::Compute], out: &mut [Self]);
 }
 
 /// The operations of a compute type (`f32` and `f64`), beyond those of [`DdimFloat`].
@@ -161,6 +167,18 @@ macro_rules! impl_float {
             #[inline(always)]
             fn as_compute(values: &[Self]) -> Option<&[$t]> {
                 Some(values)
+            }
+            #[inline(always)]
+            fn widen_slice(values: &[Self], out: &mut [$t]) {
+                for (o, &v) in out.iter_mut().zip(values) {
+                    *o = v;
+                }
+            }
+            #[inline(always)]
+            fn narrow_slice(values: &[$t], out: &mut [Self]) {
+                for (o, &v) in out.iter_mut().zip(values) {
+                    *o = v;
+                }
             }
         }
 
@@ -245,6 +263,20 @@ macro_rules! impl_reduced {
             #[inline(always)]
             fn as_compute(_: &[Self]) -> Option<&[f32]> {
                 None
+            }
+            #[inline]
+            fn widen_slice(values: &[Self], out: &mut [f32]) {
+                let n = values.len().min(out.len());
+                if let (Some(values), Some(out)) = (values.get(..n), out.get_mut(..n)) {
+                    half::slice::HalfFloatSliceExt::convert_to_f32_slice(values, out);
+                }
+            }
+            #[inline]
+            fn narrow_slice(values: &[f32], out: &mut [Self]) {
+                let n = values.len().min(out.len());
+                if let (Some(values), Some(out)) = (values.get(..n), out.get_mut(..n)) {
+                    half::slice::HalfFloatSliceExt::convert_from_f32_slice(out, values);
+                }
             }
         }
     };

@@ -7,7 +7,7 @@ use ndarray::Zip;
 
 use super::update::{element, with_prediction, Update, X0Bounds};
 use super::{Noise, Target};
-use crate::float::Arithmetic;
+use crate::float::{Arithmetic, Precision};
 use crate::DdimFloat;
 
 /// The pass for whatever instruction set the caller was compiled for; `#[inline(always)]` so
@@ -127,6 +127,27 @@ fn for_each_element<T: DdimFloat>(
                 m.as_slice(),
                 NoiseBlocks::new(&mut noise),
             ) {
+                if matches!(T::PRECISION, Precision::Reduced) {
+                    // 16-bit elements: widened and narrowed a block at a time.
+                    let (mut bs, mut bm) = ([T::Compute::ZERO; BLOCK], [T::Compute::ZERO; BLOCK]);
+                    let (mut bp, mut bx) = ([T::Compute::ZERO; BLOCK], [T::Compute::ZERO; BLOCK]);
+                    let blocks = ps.chunks_mut(BLOCK).zip(xs.chunks_mut(BLOCK));
+                    for ((p, x), (s, m)) in blocks.zip(ss.chunks(BLOCK).zip(ms.chunks(BLOCK))) {
+                        let n = s.len().min(BLOCK);
+                        let (bs, bm) = (&mut bs[..n], &mut bm[..n]);
+                        let (bp, bx) = (&mut bp[..n], &mut bx[..n]);
+                        T::widen_slice(s, bs);
+                        T::widen_slice(m, bm);
+                        let z = zs.next(n);
+                        let outputs = bp.iter_mut().zip(bx.iter_mut());
+                        for ((p, x), ((&s, &m), &z)) in outputs.zip(bs.iter().zip(&*bm).zip(z)) {
+                            (*p, *x) = element(s, m, z);
+                        }
+                        T::narrow_slice(bp, p);
+                        T::narrow_slice(bx, x);
+                    }
+                    return;
+                }
                 if zs.is_zero() {
                     // No noise stream at all: the leanest loop.
                     for ((p, x), (&s, &m)) in ps.iter_mut().zip(xs).zip(ss.iter().zip(ms)) {
@@ -166,6 +187,23 @@ fn for_each_element<T: DdimFloat>(
             if let (Some(ss), Some(ms), Some(mut zs)) =
                 (s.as_slice_mut(), m.as_slice(), NoiseBlocks::new(&mut noise))
             {
+                if matches!(T::PRECISION, Precision::Reduced) {
+                    // 16-bit elements: widened and narrowed a block at a time.
+                    let (mut bs, mut bm) = ([T::Compute::ZERO; BLOCK], [T::Compute::ZERO; BLOCK]);
+                    let mut bp = [T::Compute::ZERO; BLOCK];
+                    for (s, m) in ss.chunks_mut(BLOCK).zip(ms.chunks(BLOCK)) {
+                        let n = s.len().min(BLOCK);
+                        let (bs, bm, bp) = (&mut bs[..n], &mut bm[..n], &mut bp[..n]);
+                        T::widen_slice(s, bs);
+                        T::widen_slice(m, bm);
+                        let z = zs.next(n);
+                        for (p, ((&s, &m), &z)) in bp.iter_mut().zip(bs.iter().zip(&*bm).zip(z)) {
+                            *p = element(s, m, z).0;
+                        }
+                        T::narrow_slice(bp, s);
+                    }
+                    return;
+                }
                 if zs.is_zero() {
                     for (s, &m) in ss.iter_mut().zip(ms) {
                         *s = T::narrow(element(s.widen(), m.widen(), T::Compute::ZERO).0);

@@ -559,7 +559,51 @@ fn slice_calls_are_the_f32_calls_rounded_once<H: Half16>() {
     }
 }
 
+/// Contiguous arrays of several blocks of the kernel (and a partial one), where 16-bit values
+/// are widened and narrowed a block at a time.
+fn long_steps_are_the_f32_steps_rounded_once<H: Half16>() {
+    let mut rng = StdRng::seed_from_u64(20);
+    let shape = [2, 4, 19, 17];
+    for (label, config) in step_configs() {
+        let s = scheduler(config, 10);
+        let t = s.timesteps()[3];
+        let (m, x, z) = (
+            random::<H>(&shape, &mut rng, 3.0),
+            random::<H>(&shape, &mut rng, 2.0),
+            random::<H>(&shape, &mut rng, 1.0),
+        );
+        let (m32, x32) = (widen(&m), widen(&x));
+        for source in [Source::None, Source::Given, Source::Rng] {
+            let case = format!("{label}, {source:?}, {shape:?}");
+            let mut ours_sources = Sources::new(z.view(), 5, true);
+            let ours = s
+                .step_with(&m, t, &x, ours_sources.options(source))
+                .expect("16-bit step");
+            let (mut f32_sources, _) = F32Sources::new(&z.view(), 5, true);
+            let expected = s
+                .step_with(&m32, t, &x32, f32_sources.options(source))
+                .expect("f32 step");
+            assert_rounded(
+                &format!("prev, {case}"),
+                &ours.prev_sample,
+                &expected.prev_sample,
+            );
+            assert_rounded(
+                &format!("x0, {case}"),
+                &ours.pred_original_sample,
+                &expected.pred_original_sample,
+            );
+            let mut latents = x.clone();
+            let mut in_place_sources = Sources::new(z.view(), 5, true);
+            s.step_in_place(&m, t, &mut latents, in_place_sources.options(source))
+                .expect("in place");
+            assert_same_bits(&format!("in place, {case}"), &latents, &ours.prev_sample);
+        }
+    }
+}
+
 both_types! {
+    long_contiguous_steps_are_the_f32_steps_rounded_once => long_steps_are_the_f32_steps_rounded_once;
     steps_of_16_bit_arrays_are_the_f32_steps_rounded_once => steps_are_the_f32_steps_rounded_once;
     inverse_step_step_and_step_batch_are_the_f32_calls_rounded_once =>
         other_step_calls_are_the_f32_calls_rounded_once;
