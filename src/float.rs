@@ -126,8 +126,30 @@ pub trait Arithmetic: DdimFloat<Compute = Self> {
     fn standard_normal<R: Rng + ?Sized>(rng: &mut R) -> Self;
     /// Runs `f` with this thread's reusable scratch buffer of this type (a fresh one if the
     /// buffer is already in use further up the stack). The buffer keeps its capacity between
-    /// calls, so only the first, largest use allocates.
+    /// calls of similar size, so repeated steps do not allocate; see [`trim_scratch`] for how
+    /// much it keeps after a call that used less.
     fn with_scratch<R>(f: impl FnOnce(&mut Vec<Self::Bits>) -> R) -> R;
+}
+
+/// The number of elements a thread's scratch buffer may always keep (256 KiB of `f32` bit
+/// patterns, 512 KiB of `f64`), so that small steps never allocate.
+pub(crate) const SCRATCH_KEEP: usize = 1 << 16;
+
+/// Gives back the memory of a scratch buffer that the call which just ended used only a small
+/// part of: when its capacity is more than four times what was used and more than
+/// [`SCRATCH_KEEP`] elements, it is shrunk to the larger of the two. After every call a thread's
+/// buffer therefore holds at most `max(4 × the elements just used, SCRATCH_KEEP)` elements: a
+/// large step followed by small ones does not pin the large step's memory for the life of the
+/// thread, while steps of one size (the usual sampling loop) reuse the buffer without
+/// allocating. The buffer is left empty.
+pub(crate) fn trim_scratch<B>(scratch: &mut Vec<B>) {
+    let used = scratch.len();
+    let keep = used.max(SCRATCH_KEEP);
+    if scratch.capacity() > keep && scratch.capacity() / 4 > used {
+        scratch.clear();
+        scratch.shrink_to(keep);
+    }
+    scratch.clear();
 }
 
 macro_rules! impl_float {
@@ -213,7 +235,11 @@ macro_rules! impl_float {
                     static SCRATCH: RefCell<Vec<$bits>> = const { RefCell::new(Vec::new()) };
                 }
                 SCRATCH.with(|cell| match cell.try_borrow_mut() {
-                    Ok(mut scratch) => f(&mut scratch),
+                    Ok(mut scratch) => {
+                        let result = f(&mut scratch);
+                        trim_scratch(&mut scratch);
+                        result
+                    }
                     Err(_) => f(&mut Vec::new()),
                 })
             }

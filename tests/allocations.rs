@@ -1,7 +1,8 @@
 //! After its first call on a thread, `step_into` and `step_in_place` make no heap allocation,
 //! whatever the noise source, except that a [`NoiseSource::Torch`] step at `eta > 0` allocates
 //! its draw (exactly one array): counted by a global allocator that tallies the allocations of
-//! each thread.
+//! each thread. The same allocator tallies the bytes each thread holds, to show that
+//! thresholding's scratch space is given back after a large step.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -19,33 +20,48 @@ mod common;
 
 use common::scheduler;
 
-/// The system allocator, counting allocations (and reallocations) per thread.
+/// The system allocator, counting allocations (and reallocations) per thread, and the bytes
+/// allocated minus the bytes freed on each thread.
 struct Counting;
 
 thread_local! {
-    // `const` initialisation: no lazy setup, so using it inside the allocator cannot recurse.
+    // `const` initialisation: no lazy setup, so using these inside the allocator cannot recurse.
     static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
+    static HELD_BYTES: Cell<isize> = const { Cell::new(0) };
 }
 
-// SAFETY: every method forwards to `System` unchanged; the only addition is a thread-local
-// counter increment, which neither allocates nor touches the memory being managed.
+/// Adds `delta` to this thread's held bytes (sizes of live allocations fit in `isize`).
+fn hold(delta: isize) {
+    HELD_BYTES.with(|n| n.set(n.get() + delta));
+}
+
+// SAFETY: every method forwards to `System` unchanged; the only additions are thread-local
+// counter updates, which neither allocate nor touch the memory being managed.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         ALLOCATIONS.with(|n| n.set(n.get() + 1));
+        hold(layout.size() as isize);
         // SAFETY: same contract as our caller's.
         unsafe { System.alloc(layout) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        hold(-(layout.size() as isize));
         // SAFETY: same contract as our caller's.
         unsafe { System.dealloc(ptr, layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         ALLOCATIONS.with(|n| n.set(n.get() + 1));
+        hold(new_size as isize - layout.size() as isize);
         // SAFETY: same contract as our caller's.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
+}
+
+/// The bytes this thread has allocated and not yet freed.
+fn held_bytes() -> isize {
+    HELD_BYTES.with(Cell::get)
 }
 
 #[global_allocator]
@@ -200,6 +216,62 @@ fn steps_into_buffers_and_in_place_allocate_nothing_after_the_first() {
         assert_eq!(out.prev_sample.shape(), model_output.shape());
     });
     assert_eq!(n, 2, "step allocates prev_sample and pred_original_sample");
+}
+
+/// Thresholding's thread-local scratch space holds one integer per element of a batch item.
+/// After a large step it holds the large item's worth; after a small step it gives that back,
+/// keeping at most the documented 65,536 elements (256 KiB of `u32`).
+#[test]
+fn thresholding_scratch_is_given_back_after_a_large_then_a_small_step() {
+    // On a thread of its own, so that nothing else this test binary runs shares its scratch.
+    std::thread::spawn(|| {
+        let config = DdimConfig {
+            thresholding: true,
+            ..DdimConfig::default()
+        };
+        let scheduler = scheduler(config, 10);
+        let t = scheduler.timesteps()[0];
+        let large = Array4::from_shape_fn((2, 4, 256, 256), |(b, c, y, x)| {
+            ((b + c * 7 + y * 13 + x) as f32 * 0.01).sin() * 3.0
+        });
+        let small = Array4::from_shape_fn((2, 4, 8, 8), |(b, c, y, x)| {
+            ((b + c + y + x) as f32 * 0.1).cos() * 3.0
+        });
+        let mut large_out = DdimSchedulerOutput::zeros(large.raw_dim());
+        let mut small_out = DdimSchedulerOutput::zeros(small.raw_dim());
+        let item_bytes = (large.len() / 2 * size_of::<u32>()) as isize;
+
+        let before = held_bytes();
+        let (prev, x0) = (
+            &mut large_out.prev_sample,
+            &mut large_out.pred_original_sample,
+        );
+        scheduler
+            .step_into(&large, t, &large, StepOptions::default(), prev, x0)
+            .expect("large step");
+        let after_large = held_bytes() - before;
+        assert!(
+            after_large >= item_bytes,
+            "the large step keeps its scratch for the next step of its size: {after_large} bytes \
+             held, one item is {item_bytes}"
+        );
+
+        let (prev, x0) = (
+            &mut small_out.prev_sample,
+            &mut small_out.pred_original_sample,
+        );
+        scheduler
+            .step_into(&small, t, &small, StepOptions::default(), prev, x0)
+            .expect("small step");
+        let after_small = held_bytes() - before;
+        let bound = (65_536 * size_of::<u32>()) as isize;
+        assert!(
+            after_small <= bound,
+            "after the small step the thread holds {after_small} bytes, more than {bound}"
+        );
+    })
+    .join()
+    .expect("scratch test thread");
 }
 
 /// The buffer and in-place forms give exactly what `step_with` gives, for every noise source

@@ -33,7 +33,8 @@ pub use step::{DdimSchedulerOutput, StepOptions};
 /// Build it from a model's `scheduler_config.json` ([`DdimScheduler::from_pretrained`]) or a
 /// [`DdimConfig`], call [`set_timesteps`](DdimScheduler::set_timesteps), then for every timestep
 /// run the model on [`scale_model_input`](DdimScheduler::scale_model_input) and feed its output
-/// to [`step`](DdimScheduler::step). Array methods are generic over `f32` and `f64`, any
+/// to [`step`](DdimScheduler::step). Array methods are generic over the element type
+/// ([`DdimFloat`]: `f32`, `f64`, and with the `half` feature `half::f16` and `half::bf16`), any
 /// dimensionality, owned arrays and views. The scheduler is `Send + Sync + Clone` and stepping
 /// takes `&self`, so one scheduler can serve many threads.
 ///

@@ -200,13 +200,16 @@ impl DdimScheduler {
 
     /// A step with options that writes `prev_sample` and `pred_original_sample` into the
     /// caller's buffers (owned arrays or mutable views of the sample's shape) instead of
-    /// allocating: after the first call on a thread it makes no heap allocation, except that
-    /// arrays of more than four axes allocate their index vectors and
-    /// [`NoiseSource::Torch`] allocates its draw.
+    /// allocating: once a call of a given shape has run on a thread, further calls of that
+    /// shape make no heap allocation, except that arrays of more than four axes allocate their
+    /// index vectors and [`NoiseSource::Torch`] allocates its draw.
     ///
-    /// Dynamic thresholding needs scratch space for one batch item; it lives in a thread-local
-    /// buffer that grows to the largest item seen on that thread and is then reused, so the
-    /// scheduler itself stays immutable and can be shared by any number of threads.
+    /// Dynamic thresholding needs scratch space for one batch item (one integer per element);
+    /// it lives in a thread-local buffer, so the scheduler itself stays immutable and can be
+    /// shared by any number of threads. The buffer is reused from step to step and gives its
+    /// memory back when a step needs far less than it holds: between steps a thread keeps at
+    /// most four times the last thresholded item's elements, or 65,536 elements if that is
+    /// more (256 KiB for `f32` and 16-bit types, 512 KiB for `f64`).
     ///
     /// # Errors
     ///
