@@ -112,6 +112,17 @@
 //! output where it is produced, for example `eps.iter().all(|v| v.is_finite())`.
 //! Non-finite *parameters* (`eta`, guidance scales, config values) are errors.
 //!
+//! # Threads
+//!
+//! With the cargo feature `parallel` (off by default; it adds the `rayon` dependency), a step on
+//! contiguous row-major arrays of 2^20 elements or more is split into parts that run on rayon's
+//! thread pool: the global pool (`RAYON_NUM_THREADS` threads, else one per core), or the
+//! caller's pool when the step runs inside `pool.install(|| ...)`; a pool of one thread does not
+//! split. Results are identical to the bit with and without the feature (every element's update
+//! is independent). A step whose noise is drawn from a generator ([`NoiseSource::Rng`]) stays
+//! on the calling thread, so that its draws keep their row-major order. It pays off on
+//! memory-bound steps; smaller, cache-resident ones stay on one thread.
+//!
 //! # Element types
 //!
 //! Array methods accept `f32` and `f64` ([`DdimFloat`]), and with the cargo feature `half` the

@@ -8,6 +8,10 @@
 //!
 //! Run with `cargo bench --bench step`; `python3 scripts/bench_table.py` then prints the README's
 //! table from criterion's results.
+//!
+//! With `--features parallel` (the crate's `parallel` feature) the `parallel` group also runs:
+//! the epsilon step inside a rayon pool of one thread (which never splits: the baseline) and
+//! inside a pool of every core, at each shape.
 
 use std::hint::black_box;
 
@@ -210,11 +214,72 @@ fn bench_step(c: &mut Criterion) {
     }
 }
 
+/// The `parallel` feature: the same step in a one-thread rayon pool (the pass stays on the
+/// calling thread) and in a pool of one thread per core (`RAYON_NUM_THREADS` overrides).
+#[cfg(feature = "parallel")]
+fn bench_parallel(c: &mut Criterion) {
+    let mut rng = SmallRng::seed_from_u64(1);
+    let case = &cases()[0];
+    let mut scheduler = DdimScheduler::new(case.config.clone()).expect("valid config");
+    scheduler.set_timesteps(50).expect("valid step count");
+    let t = scheduler.timesteps()[10];
+    let one = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .expect("a pool");
+    let all = rayon::ThreadPoolBuilder::new().build().expect("a pool");
+    let pools = [("1_thread", &one), ("pool", &all)];
+    let mut group = c.benchmark_group("parallel");
+    for shape in SHAPES {
+        let label = format!("{}x{}x{}x{}", shape.0, shape.1, shape.2, shape.3);
+        let model_output = normal(shape, &mut rng) * 1.5;
+        let sample = normal(shape, &mut rng);
+        group.throughput(Throughput::Bytes((4 * 4 * sample.len()) as u64));
+        if sample.len() > 1 << 20 {
+            group.sample_size(20);
+        }
+        let mut out = DdimSchedulerOutput::zeros(shape);
+        for (name, pool) in pools {
+            let id = BenchmarkId::new(format!("step_into_{name}"), &label);
+            group.bench_function(id, |b| {
+                pool.install(|| {
+                    b.iter(|| {
+                        scheduler
+                            .step_into(
+                                &model_output,
+                                t,
+                                black_box(&sample),
+                                StepOptions::default(),
+                                &mut out.prev_sample,
+                                &mut out.pred_original_sample,
+                            )
+                            .expect("step_into")
+                    })
+                })
+            });
+            let id = BenchmarkId::new(format!("step_{name}"), &label);
+            group.bench_function(id, |b| {
+                pool.install(|| {
+                    b.iter(|| {
+                        scheduler
+                            .step(&model_output, t, black_box(&sample))
+                            .expect("step")
+                    })
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+#[cfg(not(feature = "parallel"))]
+fn bench_parallel(_: &mut Criterion) {}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(std::time::Duration::from_secs(1))
         .measurement_time(std::time::Duration::from_secs(3));
-    targets = bench_step
+    targets = bench_step, bench_parallel
 }
 criterion_main!(benches);

@@ -9,7 +9,7 @@
 //!
 //! - [`update`]: the formulas of one element, named after the paper's symbols.
 //! - `pass`: the loop over the elements (slices in blocks, or `Zip` for other layouts).
-//! - `parallel` (feature `parallel`): large contiguous passes split across threads.
+//! - `parallel` (feature `parallel`): large contiguous passes split across rayon's thread pool.
 //!
 //! On x86-64 the pass is also compiled for AVX2 and chosen at run time: the same operations in
 //! the same order (Rust never fuses or reorders floating-point operations), so the same results
@@ -53,6 +53,14 @@ pub(crate) enum Target<'a, T> {
     },
     /// Overwrite the sample with `prev_sample`; `pred_original_sample` is not kept.
     InPlace(ArrayViewMutD<'a, T>),
+    /// Read `sample`; append `prev_sample` and `pred_original_sample`, in row-major order, to
+    /// vectors that become new arrays (nothing is written twice: the allocating calls do not
+    /// zero their outputs first).
+    Fresh {
+        sample: ArrayViewD<'a, T>,
+        prev_sample: &'a mut Vec<T>,
+        pred_original_sample: &'a mut Vec<T>,
+    },
 }
 
 impl<T: DdimFloat> Noise<'_, T> {
@@ -72,10 +80,14 @@ impl<T> Target<'_, T> {
         match self {
             Target::Separate { sample, .. } => sample.view(),
             Target::InPlace(sample) => sample.view(),
+            Target::Fresh { sample, .. } => sample.view(),
         }
     }
 
     /// The same target restricted to `range` along axis 0 (one batch item, say).
+    ///
+    /// A [`Target::Fresh`] appends: its items must be stepped in order, each once, as the
+    /// per-item loops do.
     pub(crate) fn item(&mut self, range: Slice) -> Target<'_, T> {
         match self {
             Target::Separate {
@@ -88,6 +100,15 @@ impl<T> Target<'_, T> {
                 pred_original_sample: pred_original_sample.slice_axis_mut(Axis(0), range),
             },
             Target::InPlace(sample) => Target::InPlace(sample.slice_axis_mut(Axis(0), range)),
+            Target::Fresh {
+                sample,
+                prev_sample,
+                pred_original_sample,
+            } => Target::Fresh {
+                sample: sample.slice_axis(Axis(0), range),
+                prev_sample: &mut **prev_sample,
+                pred_original_sample: &mut **pred_original_sample,
+            },
         }
     }
 }

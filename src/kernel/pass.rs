@@ -115,6 +115,18 @@ fn for_each_element<T: DdimFloat>(
 ) {
     let m = &model_output;
     match target {
+        Target::Fresh {
+            sample,
+            prev_sample,
+            pred_original_sample,
+        } => append_each_element(
+            model_output,
+            sample,
+            prev_sample,
+            pred_original_sample,
+            noise,
+            element,
+        ),
         Target::Separate {
             sample: s,
             prev_sample: mut p,
@@ -231,6 +243,118 @@ fn for_each_element<T: DdimFloat>(
                 Noise::Zero => zip.for_each(|s, &m| {
                     *s = T::narrow(element(s.widen(), m.widen(), T::Compute::ZERO).0)
                 }),
+            }
+        }
+    }
+}
+
+/// [`for_each_element`] for a [`Target::Fresh`]: the results of each block are computed into
+/// small buffers and appended to the output vectors, so that fresh outputs are written once.
+/// Other layouts (and given noise that is not contiguous) append element by element in
+/// row-major order.
+#[inline(always)]
+fn append_each_element<T: DdimFloat>(
+    model_output: ndarray::ArrayViewD<'_, T>,
+    sample: ndarray::ArrayViewD<'_, T>,
+    prev: &mut Vec<T>,
+    x0: &mut Vec<T>,
+    mut noise: Noise<'_, T>,
+    element: impl Fn(T::Compute, T::Compute, T::Compute) -> (T::Compute, T::Compute),
+) {
+    let (m, s) = (&model_output, &sample);
+    if let (Some(ss), Some(ms), Some(mut zs)) =
+        (s.as_slice(), m.as_slice(), NoiseBlocks::new(&mut noise))
+    {
+        if matches!(T::PRECISION, Precision::Reduced) {
+            // 16-bit elements: widened and narrowed a block at a time, through buffers.
+            let (mut bp, mut bx) = ([T::ZERO; BLOCK], [T::ZERO; BLOCK]);
+            let (mut ws, mut wm) = ([T::Compute::ZERO; BLOCK], [T::Compute::ZERO; BLOCK]);
+            let (mut wp, mut wx) = ([T::Compute::ZERO; BLOCK], [T::Compute::ZERO; BLOCK]);
+            for (s, m) in ss.chunks(BLOCK).zip(ms.chunks(BLOCK)) {
+                let n = s.len().min(BLOCK);
+                let (ws, wm) = (&mut ws[..n], &mut wm[..n]);
+                let (wp, wx) = (&mut wp[..n], &mut wx[..n]);
+                T::widen_slice(s, ws);
+                T::widen_slice(m, wm);
+                let z = zs.next(n);
+                let outputs = wp.iter_mut().zip(wx.iter_mut());
+                for ((p, x), ((&s, &m), &z)) in outputs.zip(ws.iter().zip(&*wm).zip(z)) {
+                    (*p, *x) = element(s, m, z);
+                }
+                let (bp, bx) = (&mut bp[..n], &mut bx[..n]);
+                T::narrow_slice(wp, bp);
+                T::narrow_slice(wx, bx);
+                prev.extend_from_slice(bp);
+                x0.extend_from_slice(bx);
+            }
+            return;
+        }
+        let len = ss.len();
+        let (ss, ms) = (&ss[..len], &ms[..len]);
+        prev.reserve(len);
+        x0.reserve(len);
+        let (start_p, start_x) = (prev.len(), x0.len());
+        let (Some(p), Some(x)) = (
+            prev.spare_capacity_mut().get_mut(..len),
+            x0.spare_capacity_mut().get_mut(..len),
+        ) else {
+            return; // Unreachable: both vectors were just given room for `len` more values.
+        };
+        // Every slot `p[i]`, `x[i]` for `i < len` is written below, exactly once.
+        if zs.is_zero() {
+            for i in 0..len {
+                let (prev, x0) = element(ss[i].widen(), ms[i].widen(), T::Compute::ZERO);
+                p[i].write(T::narrow(prev));
+                x[i].write(T::narrow(x0));
+            }
+        } else {
+            // `chunks_mut` of slices of equal length cover every index with chunks of equal
+            // lengths `n`; each chunk's loop writes its `n` slots.
+            let blocks = p.chunks_mut(BLOCK).zip(x.chunks_mut(BLOCK));
+            for ((p, x), (s, m)) in blocks.zip(ss.chunks(BLOCK).zip(ms.chunks(BLOCK))) {
+                let n = p.len();
+                let (x, s, m) = (&mut x[..n], &s[..n], &m[..n]);
+                let z = &zs.next(n)[..n];
+                for i in 0..n {
+                    let (prev, x0) = element(s[i].widen(), m[i].widen(), z[i]);
+                    p[i].write(T::narrow(prev));
+                    x[i].write(T::narrow(x0));
+                }
+            }
+        }
+        // SAFETY: `p` and `x` are the first `len` spare slots of `prev` and `x0` (their
+        // capacity was reserved above), and the loops above wrote every one of them with an
+        // initialised value (any short slice would have panicked at its slicing, before
+        // this point). So the first `start + len` elements of each vector are initialised,
+        // and `start + len` is within capacity.
+        #[allow(unsafe_code)]
+        unsafe {
+            prev.set_len(start_p + len);
+            x0.set_len(start_x + len);
+        }
+        return;
+    }
+    let inputs = s.iter().zip(m.iter());
+    match noise {
+        Noise::Given(z) => {
+            for ((&s, &m), &z) in inputs.zip(z.iter()) {
+                let (p, x) = element(s.widen(), m.widen(), z.widen());
+                prev.push(T::narrow(p));
+                x0.push(T::narrow(x));
+            }
+        }
+        Noise::Drawn(draw) => {
+            for (&s, &m) in inputs {
+                let (p, x) = element(s.widen(), m.widen(), draw_one(draw));
+                prev.push(T::narrow(p));
+                x0.push(T::narrow(x));
+            }
+        }
+        Noise::Zero => {
+            for (&s, &m) in inputs {
+                let (p, x) = element(s.widen(), m.widen(), T::Compute::ZERO);
+                prev.push(T::narrow(p));
+                x0.push(T::narrow(x));
             }
         }
     }

@@ -374,7 +374,9 @@ impl DdimScheduler {
         self.to_new_arrays(model_output, When::PerItem(timesteps), sample, options)
     }
 
-    /// Allocates the result arrays, then steps into them.
+    /// Steps into new arrays: the pass appends each result, in row-major order, to a vector
+    /// of the right capacity, which then becomes the array (no zero-filling of memory that is
+    /// about to be overwritten).
     fn to_new_arrays<T: DdimFloat, D: Dimension>(
         &self,
         model_output: &ArrayRef<T, D>,
@@ -382,14 +384,30 @@ impl DdimScheduler {
         sample: &ArrayRef<T, D>,
         options: StepOptions<'_, T>,
     ) -> Result<DdimSchedulerOutput<T, D>, DdimError> {
-        let mut out = DdimSchedulerOutput::zeros(sample.raw_dim());
-        let target = Target::Separate {
+        let len = sample.len();
+        let (mut prev, mut x0) = (Vec::with_capacity(len), Vec::with_capacity(len));
+        let target = Target::Fresh {
             sample: sample.view().into_dyn(),
-            prev_sample: out.prev_sample.view_mut().into_dyn(),
-            pred_original_sample: out.pred_original_sample.view_mut().into_dyn(),
+            prev_sample: &mut prev,
+            pred_original_sample: &mut x0,
         };
         self.run(model_output.view().into_dyn(), when, target, options)?;
-        Ok(out)
+        let into_array = |name, values: Vec<T>| {
+            let values_len = values.len();
+            Array::from_shape_vec(sample.raw_dim(), values).map_err(|_| {
+                // Unreachable: every pass appends one value per element of the sample.
+                DdimError::SliceLength {
+                    name,
+                    len: values_len,
+                    shape: sample.shape().to_vec(),
+                    expected: Some(len),
+                }
+            })
+        };
+        Ok(DdimSchedulerOutput {
+            prev_sample: into_array("prev_sample", prev)?,
+            pred_original_sample: into_array("pred_original_sample", x0)?,
+        })
     }
 
     /// Every step ends here: all checks first, then the noise, then the kernel.

@@ -445,3 +445,129 @@ fn views_owned_arrays_and_shared_arrays_are_all_accepted() {
     let noisy = s.add_noise(&x.view(), &m.view(), &[t]).expect("views");
     assert_eq!(noisy, s.add_noise(&x, &m, &[t]).expect("owned"));
 }
+
+/// The allocating calls append their results to fresh vectors (without zero-filling them
+/// first) and must give, bit for bit, what `step_into` writes into buffers: for contiguous and
+/// column-major inputs, every noise kind (none, given in either layout, drawn), clipping,
+/// thresholding and per-item timesteps, and for a shape whose length is not a multiple of the
+/// kernel's block.
+#[test]
+fn new_arrays_equal_the_buffers_step_into_fills() {
+    fn options<'a, T: ddim::DdimFloat>(
+        noise: &str,
+        z: &'a Array4<T>,
+        rng: &'a mut StdRng,
+    ) -> StepOptions<'a, T> {
+        match noise {
+            "none" => StepOptions::default(),
+            "given" => StepOptions {
+                eta: 0.8,
+                noise: NoiseSource::given(z),
+                use_clipped_model_output: true,
+            },
+            _ => StepOptions {
+                eta: 1.0,
+                noise: NoiseSource::Rng(rng),
+                ..StepOptions::default()
+            },
+        }
+    }
+    fn check<T: ddim::DdimFloat>(label: &str) {
+        // Exact: every element type widens to `f64` without rounding.
+        fn bits<T: ddim::DdimFloat, D: ddim::ndarray::Dimension>(a: &Array<T, D>) -> Vec<u64> {
+            a.iter().map(|v| v.to_f64().to_bits()).collect()
+        }
+        let shape = (3, 2, 13, 29); // 2262 elements: eight blocks of 256 and a partial one
+        let convert = |a: Array4<f32>| a.mapv(|v| T::from_f64(f64::from(v)));
+        let (m, x, z) = (
+            convert(values(shape, 0.3)),
+            convert(values(shape, 1.7)),
+            convert(values(shape, 2.9)),
+        );
+        let fortran = |a: &Array4<T>| {
+            let mut f = Array4::from_elem(shape.f(), T::ZERO);
+            f.assign(a);
+            f
+        };
+        let (mf, xf, zf) = (fortran(&m), fortran(&x), fortran(&z));
+        let v_clip = DdimConfig {
+            prediction_type: PredictionType::VPrediction,
+            ..DdimConfig::default()
+        };
+        let unclipped = DdimConfig {
+            clip_sample: false,
+            ..DdimConfig::default()
+        };
+        let configs = [
+            ("v_clip", v_clip),
+            ("unclipped", unclipped),
+            ("thr", thresholding()),
+        ];
+        let inputs = [
+            ("c", &m, &x, &z),
+            ("f", &mf, &xf, &zf),
+            ("mixed", &m, &x, &zf),
+        ];
+        for (name, config) in configs {
+            let s = scheduler(config, 20);
+            let t = s.timesteps()[4];
+            for (layout, m, x, z) in inputs {
+                for noise in ["none", "given", "rng"] {
+                    let case = format!("{label} {name} {layout} {noise}");
+                    let mut rng = StdRng::seed_from_u64(5);
+                    let new = s
+                        .step_with(m, t, x, options(noise, z, &mut rng))
+                        .expect("step_with");
+                    let mut rng = StdRng::seed_from_u64(5);
+                    let mut out = DdimSchedulerOutput::<T, _>::zeros(shape);
+                    let (p, x0) = (&mut out.prev_sample, &mut out.pred_original_sample);
+                    s.step_into(m, t, x, options(noise, z, &mut rng), p, x0)
+                        .expect("step_into");
+                    assert_eq!(
+                        bits(&new.prev_sample),
+                        bits(&out.prev_sample),
+                        "prev, {case}"
+                    );
+                    let x0 = &out.pred_original_sample;
+                    assert_eq!(bits(&new.pred_original_sample), bits(x0), "x0, {case}");
+                    assert!(new.prev_sample.is_standard_layout(), "{case}");
+
+                    // One timestep per item: the items' results are appended one after the
+                    // other, and equal the items stepped alone (drawn noise continuing from
+                    // item to item).
+                    let ts = [s.timesteps()[2], s.timesteps()[9], s.timesteps()[15]];
+                    let mut rng = StdRng::seed_from_u64(5);
+                    let batch = s
+                        .step_batch(m, &ts, x, options(noise, z, &mut rng))
+                        .expect("batch");
+                    let mut rng = StdRng::seed_from_u64(5);
+                    for (i, &t) in ts.iter().enumerate() {
+                        let item = |a: &Array4<T>| a.slice_axis(Axis(0), (i..=i).into()).to_owned();
+                        let (mi, xi, zi) = (item(m), item(x), item(z));
+                        let alone = s
+                            .step_with(&mi, t, &xi, options(noise, &zi, &mut rng))
+                            .expect("item");
+                        let ours = batch.prev_sample.slice_axis(Axis(0), (i..=i).into());
+                        assert_eq!(
+                            bits(&ours.to_owned()),
+                            bits(&alone.prev_sample),
+                            "batch {i}, {case}"
+                        );
+                        let ours = batch
+                            .pred_original_sample
+                            .slice_axis(Axis(0), (i..=i).into());
+                        let theirs = &alone.pred_original_sample;
+                        assert_eq!(bits(&ours.to_owned()), bits(theirs), "batch x0 {i}, {case}");
+                    }
+                }
+            }
+        }
+    }
+    check::<f32>("f32");
+    check::<f64>("f64");
+    #[cfg(feature = "half")]
+    {
+        check::<ddim::half::f16>("f16");
+        check::<ddim::half::bf16>("bf16");
+    }
+}

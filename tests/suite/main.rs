@@ -25,6 +25,8 @@ mod half;
 mod hostile;
 mod interop;
 mod paper_claim;
+#[cfg(feature = "parallel")]
+mod parallel;
 mod pipeline;
 mod properties;
 mod slerp;
