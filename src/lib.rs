@@ -114,14 +114,16 @@
 //!
 //! # Threads
 //!
-//! With the cargo feature `parallel` (off by default; it adds the `rayon` dependency), a step on
-//! contiguous row-major arrays of 2^20 elements or more is split into parts that run on rayon's
-//! thread pool: the global pool (`RAYON_NUM_THREADS` threads, else one per core), or the
+//! With the cargo feature `parallel` (off by default; it adds the `rayon` dependency),
+//! [`step_into`](DdimScheduler::step_into) and [`step_in_place`](DdimScheduler::step_in_place)
+//! on contiguous row-major arrays of 2^20 elements or more split the pass into parts that run on
+//! rayon's thread pool: the global pool (`RAYON_NUM_THREADS` threads, else one per core), or the
 //! caller's pool when the step runs inside `pool.install(|| ...)`; a pool of one thread does not
 //! split. Results are identical to the bit with and without the feature (every element's update
 //! is independent). A step whose noise is drawn from a generator ([`NoiseSource::Rng`]) stays
-//! on the calling thread, so that its draws keep their row-major order. It pays off on
-//! memory-bound steps; smaller, cache-resident ones stay on one thread.
+//! on the calling thread, so that its draws keep their row-major order, and so do the calls that
+//! return new arrays (they fill them as they go). It pays off on memory-bound steps; smaller,
+//! cache-resident ones stay on one thread.
 //!
 //! # Element types
 //!
