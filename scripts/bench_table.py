@@ -10,7 +10,7 @@ baseline.
 With the argument `randn`, it prints instead the table of `cargo bench --bench randn`: per shape
 and element type, `TorchGenerator::randn_into` (the code chosen at run time) and its portable
 baseline against `torch.randn` with a seeded generator, as `scripts/time_reference.py` timed it
-(`bench/reference_timings.jsonl`, best round). With `eta1_torch`, the table of the `eta1_torch`
+(`bench/reference_timings.jsonl`; its mean over rounds, as criterion's figures are means). With `eta1_torch`, the table of the `eta1_torch`
 group of `--bench step` (a step with `eta = 1` and PyTorch's generator as its noise source)
 against diffusers' `DDIMScheduler.step(..., eta=1.0, generator=g)` from the same file.
 
@@ -64,7 +64,7 @@ def reference_ns():
     for line in REFERENCE.read_text().splitlines():
         if line.strip():
             r = json.loads(line)
-            times[(r["what"], r["shape"], r["dtype"])] = r["best_us"] * 1e3
+            times[(r["what"], r["shape"], r["dtype"])] = r["mean_us"] * 1e3
     return times
 
 

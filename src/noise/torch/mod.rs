@@ -470,7 +470,7 @@ impl<'g, T: DdimFloat> NormalStream<'g, T> {
             let n = chunk.len();
             match T::PRECISION {
                 Precision::Double => {
-                    normal::normals_f64(engine, scratch, n);
+                    normal::normals_f64(engine, scratch, n, self.isa);
                     for (slot, &v) in chunk.iter_mut().zip(scratch.doubles.iter()) {
                         *slot = convert(T::narrow(T::Compute::from_f64(v)));
                     }

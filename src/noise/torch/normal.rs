@@ -7,6 +7,8 @@
 //! multiply-adds, which without the `fma` target feature are calls to the C library's software
 //! `fmaf`. A fused multiply-add is exactly rounded whatever computes it, and Rust neither fuses
 //! nor reorders other floating-point operations, so both compilations give the same bits.
+//! The float64 loop is compiled for AVX2 as well, for the engine and the uniforms (its
+//! logarithms, sines and cosines are the C library's, as torch's are).
 
 use std::f64::consts::PI;
 
@@ -218,7 +220,32 @@ fn normals_f32_portable(
 /// Fills the first `len` (a multiple of [`BLOCK`], at most [`BATCH`]) of `scratch.doubles`
 /// with float64 normals, block after block, each from the next 16 float64 uniforms (32 words)
 /// of the engine.
-pub(super) fn normals_f64(engine: &mut Mt19937, scratch: &mut Scratch, len: usize) {
+pub(super) fn normals_f64(engine: &mut Mt19937, scratch: &mut Scratch, len: usize, isa: Isa) {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Native && std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: `normals_f64_avx2` only requires the CPU to support AVX2, which was checked
+        // at run time just above.
+        #[allow(unsafe_code)]
+        unsafe {
+            normals_f64_avx2(engine, scratch, len)
+        };
+        return;
+    }
+    let _ = isa;
+    normals_f64_portable(engine, scratch, len);
+}
+
+/// [`normals_f64_portable`] compiled for AVX2 (the engine's words and the uniforms eight and
+/// four at a time; the logarithms, sines and cosines are the C library's either way).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn normals_f64_avx2(engine: &mut Mt19937, scratch: &mut Scratch, len: usize) {
+    normals_f64_portable(engine, scratch, len);
+}
+
+/// The loop of [`normals_f64`] for whatever instruction set the caller was compiled for.
+#[inline(always)]
+fn normals_f64_portable(engine: &mut Mt19937, scratch: &mut Scratch, len: usize) {
     let len = len.min(BATCH) / BLOCK * BLOCK;
     let out = &mut scratch.doubles[..len];
     let words = &mut scratch.words[..2 * len];
