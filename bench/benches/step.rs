@@ -19,7 +19,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use ddim::ndarray::{Array4, Axis};
 use ddim::{
     BetaSchedule, DdimConfig, DdimScheduler, DdimSchedulerOutput, NoiseSource, PredictionType,
-    StepOptions, StepScalars,
+    StepOptions, StepScalars, TorchGenerator,
 };
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
@@ -214,6 +214,65 @@ fn bench_step(c: &mut Criterion) {
     }
 }
 
+/// The `eta1_rng` step with noise from PyTorch's generator (`NoiseSource::Torch`, what
+/// diffusers' `step(..., eta=1.0, generator=g)` draws): `step_into`, which draws the noise block
+/// by block inside its pass, and as a baseline in the same run the same draws made first into a
+/// reused buffer (`randn_into`) and then given to `step_into` (two passes, no allocation).
+/// `scripts/time_reference.py` times diffusers' own step on the same inputs.
+fn bench_eta1_torch(c: &mut Criterion) {
+    let mut rng = SmallRng::seed_from_u64(0);
+    let config = cases()
+        .into_iter()
+        .find(|case| case.name == "eta1_rng")
+        .expect("the eta1_rng case")
+        .config;
+    let mut scheduler = DdimScheduler::new(config).expect("valid config");
+    scheduler.set_timesteps(50).expect("valid step count");
+    let t = scheduler.timesteps()[10];
+    let mut generator = TorchGenerator::manual_seed(0);
+    let mut group = c.benchmark_group("eta1_torch");
+    for shape in SHAPES {
+        let label = format!("{}x{}x{}x{}", shape.0, shape.1, shape.2, shape.3);
+        let model_output = normal(shape, &mut rng) * 1.5;
+        let sample = normal(shape, &mut rng);
+        let len = sample.len();
+        group.throughput(Throughput::Bytes((4 * 4 * len) as u64));
+        if len > 1 << 20 {
+            group.sample_size(20);
+        }
+        let mut out = DdimSchedulerOutput::zeros(shape);
+        group.bench_function(BenchmarkId::new("step_into", &label), |b| {
+            b.iter(|| {
+                let options = StepOptions {
+                    eta: 1.0,
+                    noise: NoiseSource::Torch(&mut generator),
+                    ..StepOptions::default()
+                };
+                let (prev, x0) = (&mut out.prev_sample, &mut out.pred_original_sample);
+                scheduler
+                    .step_into(&model_output, t, black_box(&sample), options, prev, x0)
+                    .expect("step_into")
+            })
+        });
+        let mut noise = Array4::<f32>::zeros(shape);
+        group.bench_function(BenchmarkId::new("randn_then_step_into", &label), |b| {
+            b.iter(|| {
+                generator.randn_into(&mut noise);
+                let options = StepOptions {
+                    eta: 1.0,
+                    noise: NoiseSource::given(&noise),
+                    ..StepOptions::default()
+                };
+                let (prev, x0) = (&mut out.prev_sample, &mut out.pred_original_sample);
+                scheduler
+                    .step_into(&model_output, t, black_box(&sample), options, prev, x0)
+                    .expect("step_into")
+            })
+        });
+    }
+    group.finish();
+}
+
 /// The `parallel` feature: the same step in a one-thread rayon pool (the pass stays on the
 /// calling thread) and in a pool of one thread per core (`RAYON_NUM_THREADS` overrides).
 #[cfg(feature = "parallel")]
@@ -280,6 +339,6 @@ criterion_group! {
     config = Criterion::default()
         .warm_up_time(std::time::Duration::from_secs(1))
         .measurement_time(std::time::Duration::from_secs(3));
-    targets = bench_step, bench_parallel
+    targets = bench_step, bench_eta1_torch, bench_parallel
 }
 criterion_main!(benches);

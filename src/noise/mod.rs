@@ -70,7 +70,8 @@ pub enum NoiseSource<'a, T> {
     Rng(&'a mut dyn Rng),
     /// One `randn` of the sample's shape and element type from this generator, as diffusers'
     /// `randn_tensor(model_output.shape, generator=g, dtype=model_output.dtype)` draws it.
-    /// The draw is a temporary array (the one allocation of such a step).
+    /// The draw is made block by block as the step's pass reaches the elements (in row-major
+    /// order), bit for bit the values of [`TorchGenerator::randn`], with no temporary array.
     Torch(&'a mut TorchGenerator),
 }
 

@@ -13,7 +13,7 @@
 //! step's scalars and runs the kernel once (per batch item when thresholding or when items sit
 //! at different timesteps).
 
-use ndarray::{Array, ArrayD, ArrayRef, ArrayViewD, Axis, Dimension, IxDyn, Slice};
+use ndarray::{Array, ArrayRef, ArrayViewD, Axis, Dimension, IxDyn, Slice};
 
 use super::DdimScheduler;
 use crate::checks::{one_timestep_per_item, same_shape};
@@ -201,8 +201,8 @@ impl DdimScheduler {
     /// A step with options that writes `prev_sample` and `pred_original_sample` into the
     /// caller's buffers (owned arrays or mutable views of the sample's shape) instead of
     /// allocating: once a call of a given shape has run on a thread, further calls of that
-    /// shape make no heap allocation, except that arrays of more than four axes allocate their
-    /// index vectors and [`NoiseSource::Torch`] allocates its draw.
+    /// shape make no heap allocation, whatever the noise source, except that arrays of more
+    /// than four axes allocate their index vectors.
     ///
     /// Dynamic thresholding needs scratch space for one batch item (one integer per element);
     /// it lives in a thread-local buffer, so the scheduler itself stays immutable and can be
@@ -454,7 +454,7 @@ impl DdimScheduler {
         } = options;
         let clipped = use_clipped_model_output && !matches!(when, When::Inverse(_));
         // Realise the noise source (nothing is drawn at eta = 0, as in the reference).
-        let torch_draw: ArrayD<T>;
+        let mut torch_draw;
         let mut rng_draw;
         let noise = match source {
             NoiseSource::None if drawn => return Err(DdimError::MissingNoise { eta }),
@@ -477,8 +477,11 @@ impl DdimScheduler {
                 Noise::Drawn(&mut rng_draw)
             }
             NoiseSource::Torch(generator) if drawn => {
-                torch_draw = generator.randn(IxDyn(sample_shape));
-                Noise::Given(torch_draw.view())
+                // torch's `randn` of the sample's shape and type, drawn block by block as the
+                // pass visits the elements (in row-major order), without a temporary array.
+                let mut stream = generator.normal_stream::<T>(sample_shape.iter().product());
+                torch_draw = move |block: &mut [T::Compute]| stream.fill(block, T::widen);
+                Noise::Drawn(&mut torch_draw)
             }
             NoiseSource::Rng(_) | NoiseSource::Torch(_) => Noise::Zero,
         };

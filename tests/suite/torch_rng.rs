@@ -676,3 +676,134 @@ fn seeds_kernels_and_debug() {
     );
     assert!(text.len() < 200, "the state is not printed: {text}");
 }
+
+/// A [`NoiseSource::Torch`] step draws its noise inside the pass, block by block, rather than
+/// as one `randn` array first: every destination, on contiguous and column-major arrays, with
+/// and without per-item thresholding and with one timestep per item, gives the bits of the same
+/// step with `randn` of the sample's shape given as its noise, and leaves the generator where
+/// that `randn` leaves it. The shapes cover sizes below 16 (torch's scalar path), multiples of
+/// 16, sizes with every kind of tail, and sizes of several of the pass's blocks.
+fn a_torch_source_streams_what_randn_draws<T: DdimFloat>() {
+    fn options<T: DdimFloat>(noise: NoiseSource<'_, T>) -> StepOptions<'_, T> {
+        StepOptions {
+            eta: 0.8,
+            noise,
+            ..Default::default()
+        }
+    }
+    let shapes: [&[usize]; 8] = [
+        &[3, 5],
+        &[1, 17],
+        &[1, 4, 8, 8],
+        &[2, 3, 5, 7],
+        &[2, 600],
+        &[4, 3, 37],
+        &[2, 1031],
+        &[1, 4, 24, 24],
+    ];
+    let thresholding = ddim::DdimConfig {
+        thresholding: true,
+        dynamic_thresholding_ratio: 0.9,
+        sample_max_value: 1.2,
+        ..Default::default()
+    };
+    for (label, config) in [
+        ("clip", ddim::DdimConfig::default()),
+        ("threshold", thresholding),
+    ] {
+        let mut s = DdimScheduler::new(config).expect("scheduler");
+        s.set_timesteps(10).expect("steps");
+        let t = s.timesteps()[3];
+        for (k, &dims) in shapes.iter().enumerate() {
+            let value =
+                |i: usize, scale: f64| T::from_f64(((i * 7 + k) as f64 * 0.37).sin() * scale);
+            let standard = |scale| {
+                let len = dims.iter().product();
+                ArrayD::from_shape_vec(IxDyn(dims), (0..len).map(|i| value(i, scale)).collect())
+                    .expect("shape")
+            };
+            let (m, x) = (standard(1.5), standard(1.0));
+            // The same values in column-major memory: the pass's element-by-element path.
+            let column_major = |a: &ArrayD<T>| {
+                let mut c = ArrayD::from_elem(IxDyn(dims).f(), T::ZERO);
+                c.assign(a);
+                c
+            };
+            let (mf, xf) = (column_major(&m), column_major(&x));
+            let what = |how: &str| format!("{label}, {dims:?}, {how}");
+            for seed in [0, 5] {
+                let fresh = TorchGenerator::manual_seed(seed);
+                let mut drawn = fresh.clone();
+                let noise: ArrayD<T> = drawn.randn(IxDyn(dims));
+                let expected = s
+                    .step_with(&m, t, &x, options(NoiseSource::given(&noise)))
+                    .expect("step");
+                let bits =
+                    |a: &ArrayD<T>| a.iter().map(|v| v.to_f64().to_bits()).collect::<Vec<_>>();
+                let same = |got: &ArrayD<T>, want: &ArrayD<T>, how: &str| {
+                    assert_eq!(bits(got), bits(want), "{}", what(how));
+                };
+
+                let mut g = fresh.clone();
+                let out = s
+                    .step_with(&m, t, &x, options(NoiseSource::Torch(&mut g)))
+                    .expect("step");
+                same(&out.prev_sample, &expected.prev_sample, "step_with");
+                same(
+                    &out.pred_original_sample,
+                    &expected.pred_original_sample,
+                    "x0",
+                );
+                assert_eq!(g, drawn, "{}", what("generator after step_with"));
+
+                let mut g = fresh.clone();
+                let mut into = DdimSchedulerOutput::zeros(IxDyn(dims).f());
+                let (prev, x0) = (&mut into.prev_sample, &mut into.pred_original_sample);
+                s.step_into(&mf, t, &xf, options(NoiseSource::Torch(&mut g)), prev, x0)
+                    .expect("step_into");
+                same(
+                    &into.prev_sample,
+                    &expected.prev_sample,
+                    "column-major step_into",
+                );
+                assert_eq!(g, drawn, "{}", what("generator after step_into"));
+
+                let mut g = fresh.clone();
+                let mut latents = x.clone();
+                s.step_in_place(&m, t, &mut latents, options(NoiseSource::Torch(&mut g)))
+                    .expect("step_in_place");
+                same(&latents, &expected.prev_sample, "step_in_place");
+                assert_eq!(g, drawn, "{}", what("generator after step_in_place"));
+
+                // One timestep per item: the items take the stream one after another.
+                let timesteps: Vec<usize> = (0..dims[0]).map(|i| s.timesteps()[i + 1]).collect();
+                let mut g = fresh.clone();
+                let batch = s
+                    .step_batch(&m, &timesteps, &x, options(NoiseSource::Torch(&mut g)))
+                    .expect("step_batch");
+                let given = s
+                    .step_batch(&m, &timesteps, &x, options(NoiseSource::given(&noise)))
+                    .expect("step_batch");
+                same(&batch.prev_sample, &given.prev_sample, "step_batch");
+                assert_eq!(g, drawn, "{}", what("generator after step_batch"));
+            }
+        }
+    }
+}
+
+#[test]
+fn a_torch_source_streams_what_randn_draws_f32() {
+    a_torch_source_streams_what_randn_draws::<f32>();
+}
+
+#[test]
+fn a_torch_source_streams_what_randn_draws_f64() {
+    a_torch_source_streams_what_randn_draws::<f64>();
+}
+
+#[cfg(feature = "half")]
+#[test]
+fn a_torch_source_streams_what_randn_draws_half() {
+    a_torch_source_streams_what_randn_draws::<ddim::half::f16>();
+    a_torch_source_streams_what_randn_draws::<ddim::half::bf16>();
+}

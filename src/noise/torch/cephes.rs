@@ -42,6 +42,7 @@ const COSCOF: [f32; 3] = [
 const FOPI: f32 = 1.273_239_544_735_16_f64 as f32; // 4 / pi
 
 /// `log256_ps`: the natural logarithm; NaN for `x <= 0`.
+#[inline(always)]
 pub(crate) fn log(x: f32) -> f32 {
     let invalid = x <= 0.0;
     // _mm256_max_ps(x, min_norm_pos): the second operand unless x is greater.
@@ -73,12 +74,17 @@ pub(crate) fn log(x: f32) -> f32 {
 }
 
 /// `sincos256_ps`: `(sin x, cos x)`, for the arguments Box-Muller gives it (`0 <= x < 2 pi`;
-/// the reduction is accurate for `|x| < 8192`).
+/// the reduction is accurate for `|x| < 8192`, and the quadrant is computed as torch computes
+/// it for `|x| < 2^23 pi / 4`).
+#[inline(always)]
 pub(crate) fn sincos(x: f32) -> (f32, f32) {
     let sign_bit_sin = x.to_bits() & 0x8000_0000;
     let mut x = x.abs();
-    // _mm256_cvttps_epi32 truncates; the argument is far from the i32 range here.
-    let mut j = (x * FOPI) as i32;
+    // _mm256_cvttps_epi32 truncates. For `0 <= t < 2^23` the integer `trunc(t)` is the low
+    // mantissa bits of `trunc(t) + 2^23` (an exact sum): the same value, by operations that
+    // vectorise, where Rust's saturating `as i32` is compiled one lane at a time.
+    let truncated = (x * FOPI).trunc();
+    let mut j = ((truncated + 8_388_608.0).to_bits() & 0x007f_ffff) as i32;
     j = j.wrapping_add(1) & !1;
     let y = j as f32;
     let swap_sign_bit_sin = ((j & 4) as u32) << 29;

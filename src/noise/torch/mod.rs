@@ -40,7 +40,7 @@ mod mt19937;
 mod normal;
 
 use mt19937::Mt19937;
-use normal::{normal_16_f32, normal_16_f64, BLOCK};
+use normal::{Isa, Scratch, BATCH, BLOCK};
 
 /// Which of PyTorch's two CPU implementations of float32 `randn` to follow for tensors of 16 or
 /// more elements (float16 and bfloat16 `randn` of that size runs the same float32 code and
@@ -75,8 +75,11 @@ pub enum TorchCpuKernel {
     /// torch's capabilities `"AVX2"` and `"AVX512"`: the float32 Cephes polynomials of
     /// `avx_mathfun.h` (`log256_ps`, `sincos256_ps`), evaluated here lane by lane with the same
     /// float32 operations, including the multiply-adds that torch's Linux build fuses into FMA
-    /// instructions. Portable: it gives the same bits on every machine. (torch's Windows build,
-    /// made with another compiler, may fuse differently; that is not checked.)
+    /// instructions. Portable: it gives the same bits on every machine. On an x86-64 processor
+    /// with AVX2 and FMA (chosen at run time) it computes eight pairs at a time with hardware
+    /// fused multiply-adds, as torch does; elsewhere one lane at a time, with the C library's
+    /// `fmaf`, which is exact too but much slower. (torch's Windows build, made with another
+    /// compiler, may fuse differently; that is not checked.)
     Avx2,
 }
 
@@ -157,9 +160,10 @@ impl TorchCpuKernel {
 /// # Ok::<(), ddim::DdimError>(())
 /// ```
 ///
-/// Such a step allocates its noise array; a loop without allocations draws into a buffer of its
-/// own, only when `eta > 0` (`generator.randn_into(&mut noise)`), and passes it as
-/// [`NoiseSource::given`](crate::NoiseSource::given).
+/// Such a step draws its noise block by block inside its single pass over the arrays, in the
+/// order torch's `randn` produces it, without a temporary array: with
+/// [`step_into`](crate::DdimScheduler::step_into) or
+/// [`step_in_place`](crate::DdimScheduler::step_in_place) it allocates nothing.
 ///
 /// With one generator per batch item (diffusers' `generator=[g0, g1, ...]`), diffusers draws
 /// each item's latents and each item's step noise from its own generator with the item's shape
@@ -306,9 +310,8 @@ impl TorchGenerator {
     }
 
     /// Overwrites `out` with `torch.randn(out.shape(), generator=g, dtype=T)`, without
-    /// allocating when `out` is in standard (row-major, contiguous) layout. The draws are
-    /// assigned in row-major order of the indices whatever the memory layout, so the values are
-    /// those of [`randn`](Self::randn) of the same shape.
+    /// allocating. The draws are assigned in row-major order of the indices whatever the memory
+    /// layout, so the values are those of [`randn`](Self::randn) of the same shape.
     ///
     /// ```
     /// use ddim::ndarray::Array3;
@@ -319,79 +322,47 @@ impl TorchGenerator {
     /// assert_eq!(noise, TorchGenerator::manual_seed(3).randn::<f32, _>((4, 8, 8)));
     /// ```
     pub fn randn_into<T: DdimFloat, D: Dimension>(&mut self, out: &mut ArrayRef<T, D>) {
+        self.randn_into_with(out, Isa::Native);
+    }
+
+    /// [`randn_into`](Self::randn_into) computed by the code compiled for the target's
+    /// baseline instruction set only, never by the AVX2 and FMA code chosen at run time; the
+    /// same values, more slowly. Not part of the API (no stability promise): it exists so that
+    /// the benchmarks can measure the run-time choice against the baseline in one run.
+    #[doc(hidden)]
+    pub fn randn_into_portable<T: DdimFloat, D: Dimension>(&mut self, out: &mut ArrayRef<T, D>) {
+        self.randn_into_with(out, Isa::Portable);
+    }
+
+    /// [`randn_into`](Self::randn_into) with the given compilation of the loops.
+    fn randn_into_with<T: DdimFloat, D: Dimension>(&mut self, out: &mut ArrayRef<T, D>, isa: Isa) {
+        let len = out.len();
+        let mut stream = NormalStream::<T>::new(self, len, isa);
         if let Some(slice) = out.as_slice_mut() {
-            self.fill_normal(slice);
+            stream.fill(slice, |v| v);
             return;
         }
-        let mut values = vec![T::ZERO; out.len()];
-        self.fill_normal(&mut values);
-        for (slot, value) in out.iter_mut().zip(values) {
-            *slot = value;
+        // Any other layout: a batch at a time through a small buffer, in row-major order.
+        let mut buffer = [T::ZERO; BATCH];
+        let mut slots = out.iter_mut();
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(BATCH);
+            let batch = &mut buffer[..n];
+            stream.fill(batch, |v| v);
+            // The batch first: `zip` then never takes a slot past the batch's end.
+            for (&value, slot) in batch.iter().zip(slots.by_ref()) {
+                *slot = value;
+            }
+            left -= n;
         }
     }
 
-    /// Fills `out` as torch's `normal_` fills a contiguous tensor of `out.len()` elements.
-    fn fill_normal<T: DdimFloat>(&mut self, out: &mut [T]) {
-        if out.len() < BLOCK {
-            for slot in out.iter_mut() {
-                // `static_cast<scalar_t>(double)`: to float32 first for the 16-bit types.
-                *slot = T::narrow(T::Compute::from_f64(self.normal_f64()));
-            }
-            return;
-        }
-        let kernel = self.kernel;
-        let single = |b: &mut [f32; BLOCK]| normal_16_f32(b, kernel);
-        match T::PRECISION {
-            Precision::Single => self.fill_blocks(out, Self::uniform_f32, single, true),
-            Precision::Double => self.fill_blocks(out, Self::uniform_f64, normal_16_f64, true),
-            Precision::Reduced => self.fill_blocks(out, Self::uniform_f32, single, false),
-        }
-    }
-
-    /// torch's `normal_fill` for `out.len() >= 16`, with uniforms and arithmetic in precision
-    /// `U`, each result rounded to `T` once. For float32 and float64 (`uniforms_first`) torch
-    /// first fills every element with a uniform, transforms the blocks of 16, then refills and
-    /// transforms the last 16 elements if the size is not a multiple of 16; the uniforms drawn
-    /// for the elements past the last whole block are overwritten unused. Drawing block by block
-    /// consumes the engine in the same order and gives the same values. For the 16-bit types
-    /// torch draws block by block itself, and no uniform is wasted.
-    fn fill_blocks<T, U>(
-        &mut self,
-        out: &mut [T],
-        uniform: fn(&mut Self) -> U,
-        transform: impl Fn(&mut [U; BLOCK]),
-        uniforms_first: bool,
-    ) where
-        T: DdimFloat,
-        U: Copy + Default + Into<f64>,
-    {
-        let mut block = [U::default(); BLOCK];
-        let mut draw_block = |g: &mut Self, dest: &mut [T]| {
-            for u in block.iter_mut() {
-                *u = uniform(g);
-            }
-            transform(&mut block);
-            for (slot, &value) in dest.iter_mut().zip(block.iter()) {
-                // Exact but for the one rounding to a 16-bit type: a value of precision `U`
-                // survives the round trip through f64 and the compute type unchanged.
-                *slot = T::narrow(T::Compute::from_f64(value.into()));
-            }
-        };
-        let mut chunks = out.chunks_exact_mut(BLOCK);
-        for chunk in &mut chunks {
-            draw_block(self, chunk);
-        }
-        let rest = chunks.into_remainder().len();
-        if rest != 0 {
-            if uniforms_first {
-                for _ in 0..rest {
-                    uniform(self);
-                }
-            }
-            if let Some(last) = out.rchunks_exact_mut(BLOCK).next() {
-                draw_block(self, last);
-            }
-        }
+    /// torch's normal fill of `len` elements of type `T`, handed out in row-major order a
+    /// piece at a time (see [`NormalStream`]): what [`randn`](Self::randn) of `len` elements
+    /// would return, drawn only as it is consumed.
+    pub(crate) fn normal_stream<T: DdimFloat>(&mut self, len: usize) -> NormalStream<'_, T> {
+        NormalStream::new(self, len, Isa::Native)
     }
 
     /// One draw of torch's `normal_distribution<double>` with mean 0 and standard deviation 1:
@@ -409,27 +380,363 @@ impl TorchGenerator {
         r * theta.cos() + 0.0
     }
 
-    /// A float32 uniform in `[0, 1)`: the low 24 bits of a draw times 2^-24.
+    /// A float32 uniform in `[0, 1)`.
+    #[cfg(test)]
     fn uniform_f32(&mut self) -> f32 {
-        (self.next_u32() & 0x00ff_ffff) as f32 * (1.0 / 16_777_216.0)
+        normal::uniform_f32(self.next_u32())
     }
 
-    /// A float64 uniform in `[0, 1)`: the low 53 bits of a 64-bit draw times 2^-53.
+    /// A float64 uniform in `[0, 1)`.
     fn uniform_f64(&mut self) -> f64 {
-        let high = u64::from(self.next_u32());
-        let low = u64::from(self.next_u32());
-        (((high << 32) | low) & ((1u64 << 53) - 1)) as f64 * (1.0 / 9_007_199_254_740_992.0)
+        let high = self.next_u32();
+        let low = self.next_u32();
+        normal::uniform_f64(high, low)
     }
 
     /// The next 32-bit output of the engine.
     fn next_u32(&mut self) -> u32 {
         self.engine.next_u32()
     }
+
+    /// Skips `count` uniforms of `T`'s precision.
+    fn skip_uniforms<T: DdimFloat>(&mut self, count: usize) {
+        let words = match T::PRECISION {
+            Precision::Double => 2 * count,
+            Precision::Single | Precision::Reduced => count,
+        };
+        self.engine.skip(words);
+    }
+}
+
+/// torch's CPU normal fill of a tensor of `len` elements of type `T`, computed as it is
+/// consumed: [`fill`](Self::fill) hands out the next values in row-major order, in pieces of
+/// any length, and the values and the engine's state after the last one are those of one
+/// [`TorchGenerator::randn`] of `len` elements. A stochastic step draws its noise this way,
+/// block by block inside its single pass, without a temporary array.
+///
+/// How torch fills (and what the stream reproduces):
+///
+/// - Fewer than 16 elements: one double Box-Muller draw per element (with the cached second
+///   normal), rounded to `T`.
+/// - Otherwise, float32 and float64: every element gets a uniform, then each whole block of
+///   16 is transformed in place; if `len % 16 = r` is not 0, the last 16 elements are
+///   overwritten by a transform of 16 fresh uniforms. So elements up to the last whole block
+///   come from their own block; the last whole block keeps only its first `r` values, the `r`
+///   uniforms drawn past it are never used, and the final 16 elements come from the fresh
+///   block. The engine is consumed in exactly that order: block after block, `r` uniforms,
+///   the final block.
+/// - float16 and bfloat16: the same, but block by block with no uniform wasted (torch draws
+///   each block's uniforms just before transforming it).
+pub(crate) struct NormalStream<'g, T: DdimFloat> {
+    generator: &'g mut TorchGenerator,
+    /// The tensor's elements.
+    len: usize,
+    /// Elements handed out or held in `pending`.
+    drawn: usize,
+    /// Values computed but not handed out yet: the rest of a block that a short request split,
+    /// or the final stretch (`r` values of the last whole block and the final block).
+    pending: [T; 2 * BLOCK],
+    /// The range of `pending` still to hand out.
+    pending_from: usize,
+    pending_to: usize,
+    /// Which compilation of the loops to run.
+    isa: Isa,
+    /// The loops' working space.
+    scratch: Scratch,
+}
+
+impl<'g, T: DdimFloat> NormalStream<'g, T> {
+    /// The stream of a fill of `len` elements from `generator`; nothing is drawn yet.
+    fn new(generator: &'g mut TorchGenerator, len: usize, isa: Isa) -> Self {
+        NormalStream {
+            generator,
+            len,
+            drawn: 0,
+            pending: [T::ZERO; 2 * BLOCK],
+            pending_from: 0,
+            pending_to: 0,
+            isa,
+            scratch: Scratch::new(),
+        }
+    }
+
+    /// Fills `out` (a multiple of [`BLOCK`] long) with the normals of whole blocks of fresh
+    /// uniforms of `T`'s precision, each rounded to `T` and passed through `convert`.
+    #[inline(always)]
+    fn blocks<O>(&mut self, out: &mut [O], convert: impl Fn(T) -> O) {
+        let (engine, scratch) = (&mut self.generator.engine, &mut self.scratch);
+        let kernel = self.generator.kernel;
+        for chunk in out.chunks_mut(BATCH) {
+            let n = chunk.len();
+            match T::PRECISION {
+                Precision::Double => {
+                    normal::normals_f64(engine, scratch, n, self.isa);
+                    for (slot, &v) in chunk.iter_mut().zip(scratch.doubles.iter()) {
+                        *slot = convert(T::narrow(T::Compute::from_f64(v)));
+                    }
+                }
+                Precision::Single | Precision::Reduced => {
+                    normal::normals_f32(engine, scratch, n, kernel, self.isa);
+                    for (slot, &v) in chunk.iter_mut().zip(scratch.singles.iter()) {
+                        // Exact but for the one rounding to a 16-bit type.
+                        *slot = convert(T::narrow(T::Compute::from_f64(f64::from(v))));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Where the elements that come from their own whole block end: `len` when it is a
+    /// multiple of 16, else the start of the last whole block (whose first `r` values begin
+    /// the final stretch).
+    fn regular_end(&self) -> usize {
+        let rest = self.len % BLOCK;
+        if rest == 0 {
+            self.len
+        } else {
+            self.len - rest - BLOCK
+        }
+    }
+
+    /// Writes the next `out.len()` values, each passed through `convert`. Values past the
+    /// `len` elements of the fill are never asked for by the crate; should they be, the slots
+    /// are left as they are and nothing is drawn.
+    #[inline]
+    pub(crate) fn fill<O>(&mut self, mut out: &mut [O], convert: impl Fn(T) -> O) {
+        while !out.is_empty() {
+            if self.pending_from < self.pending_to {
+                let pending = &self.pending[self.pending_from..self.pending_to];
+                let n = pending.len().min(out.len());
+                let (head, tail) = out.split_at_mut(n);
+                for (slot, &v) in head.iter_mut().zip(pending) {
+                    *slot = convert(v);
+                }
+                self.pending_from += n;
+                out = tail;
+                continue;
+            }
+            if self.drawn >= self.len {
+                return;
+            }
+            if self.len < BLOCK {
+                let n = out.len().min(self.len - self.drawn);
+                let (head, tail) = out.split_at_mut(n);
+                for slot in head {
+                    // `static_cast<scalar_t>(double)`: to float32 first for the 16-bit types.
+                    let value = self.generator.normal_f64();
+                    *slot = convert(T::narrow(T::Compute::from_f64(value)));
+                }
+                self.drawn += n;
+                out = tail;
+                continue;
+            }
+            let regular_end = self.regular_end();
+            if self.drawn < regular_end {
+                let whole = out.len().min(regular_end - self.drawn) / BLOCK * BLOCK;
+                if whole > 0 {
+                    let (head, tail) = out.split_at_mut(whole);
+                    self.blocks(head, &convert);
+                    self.drawn += whole;
+                    out = tail;
+                } else {
+                    // A request shorter than a block: draw the block, hand out what is asked.
+                    let mut block = [T::ZERO; BLOCK];
+                    self.blocks(&mut block, |v| v);
+                    self.pending[..BLOCK].copy_from_slice(&block);
+                    (self.pending_from, self.pending_to) = (0, BLOCK);
+                    self.drawn += BLOCK;
+                }
+                continue;
+            }
+            // The final stretch: the first `r` values of the last whole block, then the final
+            // block of fresh uniforms, drawn after the `r` uniforms torch never uses (float32
+            // and float64 only).
+            let rest = self.len - regular_end - BLOCK;
+            let (mut last_whole, mut final_block) = ([T::ZERO; BLOCK], [T::ZERO; BLOCK]);
+            self.blocks(&mut last_whole, |v| v);
+            if !matches!(T::PRECISION, Precision::Reduced) {
+                self.generator.skip_uniforms::<T>(rest);
+            }
+            self.blocks(&mut final_block, |v| v);
+            self.pending[..rest].copy_from_slice(&last_whole[..rest]);
+            self.pending[rest..rest + BLOCK].copy_from_slice(&final_block);
+            (self.pending_from, self.pending_to) = (0, rest + BLOCK);
+            self.drawn = self.len;
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::normal::{normal_16_f32, normal_16_f64};
     use super::*;
+
+    /// torch's normal fill of `len` elements written out plainly, one engine output and one
+    /// block at a time, as the oracle of the batched and streamed code: every element a
+    /// uniform, the whole blocks transformed, and for a size that is not a multiple of 16 the
+    /// last 16 elements redone from fresh uniforms (16-bit types: block by block, nothing
+    /// wasted).
+    fn plain_randn<T: DdimFloat>(g: &mut TorchGenerator, len: usize) -> Vec<T> {
+        let round = |v: f64| T::narrow(T::Compute::from_f64(v));
+        if len < BLOCK {
+            return (0..len).map(|_| round(g.normal_f64())).collect();
+        }
+        let kernel = g.kernel;
+        let mut out = vec![T::ZERO; len];
+        let block = |g: &mut TorchGenerator, dest: &mut [T]| match T::PRECISION {
+            Precision::Double => {
+                let mut b = [0f64; BLOCK];
+                b.iter_mut().for_each(|u| *u = g.uniform_f64());
+                normal_16_f64(&mut b);
+                dest.iter_mut().zip(b).for_each(|(d, v)| *d = round(v));
+            }
+            Precision::Single | Precision::Reduced => {
+                let mut b = [0f32; BLOCK];
+                b.iter_mut().for_each(|u| *u = g.uniform_f32());
+                normal_16_f32(&mut b, kernel);
+                dest.iter_mut()
+                    .zip(b)
+                    .for_each(|(d, v)| *d = round(f64::from(v)));
+            }
+        };
+        let whole = len / BLOCK * BLOCK;
+        for chunk in out[..whole].chunks_exact_mut(BLOCK) {
+            block(g, chunk);
+        }
+        if whole < len {
+            if !matches!(T::PRECISION, Precision::Reduced) {
+                for _ in whole..len {
+                    match T::PRECISION {
+                        Precision::Double => drop(g.uniform_f64()),
+                        _ => drop(g.uniform_f32()),
+                    }
+                }
+            }
+            block(g, &mut out[len - BLOCK..]);
+        }
+        out
+    }
+
+    /// Sizes around every boundary of the code: below and at one block, around a batch of 16
+    /// blocks, around an engine twist (624 words), and large ones with every remainder.
+    fn sizes() -> Vec<usize> {
+        let mut sizes: Vec<usize> = (0..=40).collect();
+        sizes.extend([
+            47, 48, 49, 255, 256, 257, 271, 272, 273, 311, 312, 313, 623, 624, 625,
+        ]);
+        sizes.extend((0..16).map(|r| 4096 + 16 * 7 + r));
+        sizes.push(16_384);
+        sizes
+    }
+
+    fn bits<T: DdimFloat>(values: &[T]) -> Vec<u64> {
+        values.iter().map(|v| v.to_f64().to_bits()).collect()
+    }
+
+    /// `randn` (run-time choice of code), the baseline code and the plain oracle give the same
+    /// bits and leave the generator in the same state, over many sizes, seeds and both kernels.
+    fn dispatched_portable_and_plain_agree<T: DdimFloat>() {
+        for kernel in [TorchCpuKernel::Avx2, TorchCpuKernel::Scalar] {
+            for seed in [0, 1, 42, 1234, 0xdead_beef] {
+                // One generator per path, each drawing every size in turn (so the states
+                // carried from draw to draw, the cached normal included, are compared too).
+                let start = TorchGenerator::manual_seed(seed).with_kernel(kernel);
+                let (mut native, mut portable, mut plain) = (start.clone(), start.clone(), start);
+                for len in sizes() {
+                    let mut a = ndarray::Array1::from_elem(len, T::ZERO);
+                    let mut b = a.clone();
+                    native.randn_into(&mut a);
+                    portable.randn_into_portable(&mut b);
+                    let c = plain_randn::<T>(&mut plain, len);
+                    let what = format!("{kernel:?}, seed {seed}, {len} elements");
+                    assert_eq!(bits(a.as_slice().unwrap()), bits(&c), "native, {what}");
+                    assert_eq!(bits(b.as_slice().unwrap()), bits(&c), "portable, {what}");
+                    assert!(native == plain && portable == plain, "state, {what}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn dispatched_portable_and_plain_randn_agree_f32() {
+        dispatched_portable_and_plain_agree::<f32>();
+    }
+
+    #[test]
+    fn dispatched_portable_and_plain_randn_agree_f64() {
+        dispatched_portable_and_plain_agree::<f64>();
+    }
+
+    #[cfg(feature = "half")]
+    #[test]
+    fn dispatched_portable_and_plain_randn_agree_half() {
+        dispatched_portable_and_plain_agree::<half::f16>();
+        dispatched_portable_and_plain_agree::<half::bf16>();
+    }
+
+    /// The stream a step consumes, read in pieces of every awkward length (single values,
+    /// pieces that split blocks, batches and the final stretch), is `randn` of the same size
+    /// widened to the compute type, and leaves the generator where `randn` does.
+    fn stream_agrees_with_randn<T: DdimFloat>() {
+        let pieces = [1, 3, 16, 5, 256, 17, 1, 300, 15, 32, 2, 1000];
+        for kernel in [TorchCpuKernel::Avx2, TorchCpuKernel::Scalar] {
+            for seed in [0, 7, 99] {
+                let start = TorchGenerator::manual_seed(seed).with_kernel(kernel);
+                let (mut streamed, mut whole) = (start.clone(), start);
+                for (i, len) in sizes().into_iter().enumerate() {
+                    let expected: Vec<T> = whole.randn(len).to_vec();
+                    let mut got = vec![T::Compute::ZERO; len];
+                    let mut stream = streamed.normal_stream::<T>(len);
+                    let mut at = 0;
+                    for &piece in pieces.iter().cycle().skip(i) {
+                        if at == len {
+                            break;
+                        }
+                        let end = (at + piece).min(len);
+                        stream.fill(&mut got[at..end], T::widen);
+                        at = end;
+                    }
+                    // Asking for more than the fill holds draws nothing and writes nothing.
+                    let mut beyond = [T::Compute::ONE; 3];
+                    stream.fill(&mut beyond, T::widen);
+                    assert_eq!(beyond, [T::Compute::ONE; 3]);
+                    let what = format!("{kernel:?}, seed {seed}, {len} elements");
+                    let widened: Vec<T::Compute> = expected.iter().map(|v| v.widen()).collect();
+                    assert_eq!(bits(&got), bits(&widened), "{what}");
+                    assert!(streamed == whole, "state, {what}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_stream_is_randn_f32() {
+        stream_agrees_with_randn::<f32>();
+    }
+
+    #[test]
+    fn the_stream_is_randn_f64() {
+        stream_agrees_with_randn::<f64>();
+    }
+
+    #[cfg(feature = "half")]
+    #[test]
+    fn the_stream_is_randn_half() {
+        stream_agrees_with_randn::<half::f16>();
+        stream_agrees_with_randn::<half::bf16>();
+    }
+
+    /// Arrays of other layouts are filled in row-major order through the small buffer.
+    #[test]
+    fn randn_into_a_transposed_array_fills_in_row_major_order() {
+        for len in [5, 40, 700] {
+            let mut t = ndarray::Array2::<f32>::zeros((len, 3));
+            let mut view = t.view_mut().reversed_axes();
+            TorchGenerator::manual_seed(5).randn_into(&mut view);
+            let expected = TorchGenerator::manual_seed(5).randn::<f32, _>((3, len));
+            assert_eq!(view, expected);
+        }
+    }
 
     #[test]
     fn only_the_low_32_bits_of_the_seed_reach_the_engine() {
