@@ -18,10 +18,10 @@ use ndarray::{Array, ArrayRef, ArrayViewD, Axis, Dimension, IxDyn, Slice};
 use super::DdimScheduler;
 use crate::checks::{one_timestep_per_item, same_shape};
 use crate::coefficients::{check_eta, StepScalars};
-use crate::float::{Arithmetic, Precision};
+use crate::float::Arithmetic;
 use crate::kernel::{fused_step, Noise, Target, Update, X0Bounds};
 use crate::noise::NoiseSource;
-use crate::threshold::dynamic_threshold;
+use crate::threshold::{item_threshold, keep_for_next_step};
 use crate::{DdimError, DdimFloat};
 
 /// The options of a step: `eta`, where its noise comes from, and
@@ -544,62 +544,18 @@ impl DdimScheduler {
         let max_value = T::Compute::from_f64(config.sample_max_value);
         let ratio = config.dynamic_thresholding_ratio;
         T::Compute::with_scratch(|scratch| {
-            for i in 0..model_output.len_of(Axis(0)) {
+            let items = model_output.len_of(Axis(0));
+            for i in 0..items {
                 let item = Slice::from(i..=i);
                 let m = model_output.slice_axis(Axis(0), item);
                 let item_target = target.item(item);
-                abs_raw_x0_bits(&update, &m, &item_target.sample(), scratch);
-                let s = dynamic_threshold(scratch, ratio, max_value);
+                let sample = item_target.sample();
+                let s = item_threshold(&update, &m, &sample, ratio, max_value, scratch);
                 let bounds = X0Bounds::threshold(s);
                 fused_step(&update, &bounds, m, item_target, noise.item(item));
             }
+            let item_len = model_output.len().checked_div(items).unwrap_or(0);
+            keep_for_next_step::<T::Compute>(scratch, item_len);
         });
     }
 }
-
-/// Replaces `out` with the bit patterns of `|raw x0|` of every element, in row-major order, in
-/// the compute type. (Inlined into its one caller, as the optimiser chose before the 16-bit
-/// branch existed.)
-#[inline(always)]
-fn abs_raw_x0_bits<T: DdimFloat>(
-    update: &Update<T::Compute>,
-    model_output: &ArrayViewD<'_, T>,
-    sample: &ArrayViewD<'_, T>,
-    out: &mut Vec<<T::Compute as Arithmetic>::Bits>,
-) {
-    out.clear();
-    let bits = |(&m, &s): (&T, &T)| update.raw_x0(s.widen(), m.widen()).abs().to_bits();
-    match (model_output.as_slice(), sample.as_slice()) {
-        (Some(m), Some(s)) if matches!(T::PRECISION, Precision::Reduced) => {
-            widened_abs_raw_x0_bits(update, m, s, out);
-        }
-        (Some(m), Some(s)) => out.extend(m.iter().zip(s).map(bits)),
-        _ => out.extend(model_output.iter().zip(sample.iter()).map(bits)),
-    }
-}
-
-/// [`abs_raw_x0_bits`] of contiguous 16-bit elements, widened a block at a time.
-#[inline(never)]
-fn widened_abs_raw_x0_bits<T: DdimFloat>(
-    update: &Update<T::Compute>,
-    model_output: &[T],
-    sample: &[T],
-    out: &mut Vec<<T::Compute as Arithmetic>::Bits>,
-) {
-    let zero = T::Compute::ZERO;
-    let (mut bm, mut bs) = ([zero; WIDEN_BLOCK], [zero; WIDEN_BLOCK]);
-    for (m, s) in model_output
-        .chunks(WIDEN_BLOCK)
-        .zip(sample.chunks(WIDEN_BLOCK))
-    {
-        let n = m.len().min(WIDEN_BLOCK);
-        let (bm, bs) = (&mut bm[..n], &mut bs[..n]);
-        T::widen_slice(m, bm);
-        T::widen_slice(s, bs);
-        let raw = bm.iter().zip(&*bs).map(|(&m, &s)| update.raw_x0(s, m));
-        out.extend(raw.map(|x0| x0.abs().to_bits()));
-    }
-}
-
-/// Values per block when 16-bit elements are widened for the thresholding pass.
-const WIDEN_BLOCK: usize = 256;
