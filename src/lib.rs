@@ -120,8 +120,8 @@
 //! rayon's thread pool: the global pool (`RAYON_NUM_THREADS` threads, else one per core), or the
 //! caller's pool when the step runs inside `pool.install(|| ...)`; a pool of one thread does not
 //! split. Results are identical to the bit with and without the feature (every element's update
-//! is independent). A step whose noise is drawn from a generator ([`NoiseSource::Rng`]) stays
-//! on the calling thread, so that its draws keep their row-major order, and so do the calls that
+//! is independent). A step whose noise is drawn from a generator ([`NoiseSource::Rng`] or
+//! [`NoiseSource::Torch`]) stays on the calling thread, so that its draws keep their row-major order, and so do the calls that
 //! return new arrays (they fill them as they go). It pays off on memory-bound steps; smaller,
 //! cache-resident ones stay on one thread.
 //!
