@@ -129,6 +129,12 @@ pub trait Arithmetic: DdimFloat<Compute = Self> {
     /// calls of similar size, so repeated steps do not allocate; see [`trim_scratch`] for how
     /// much it keeps after a call that used less.
     fn with_scratch<R>(f: impl FnOnce(&mut Vec<Self::Bits>) -> R) -> R;
+    /// The value as an `f32`, if this is `f32` (for code with a vector path for `f32` only).
+    fn as_f32(self) -> Option<f32>;
+    /// The values as `f32`, if this is `f32`.
+    fn as_f32s(values: &[Self]) -> Option<&[f32]>;
+    /// The bit patterns as `u32`, if this is `f32`.
+    fn as_u32s(bits: &mut [Self::Bits]) -> Option<&mut [u32]>;
 }
 
 /// The number of elements a thread's scratch buffer may always keep (256 KiB of `f32` bit
@@ -153,7 +159,7 @@ pub(crate) fn trim_scratch<B>(scratch: &mut Vec<B>) {
 }
 
 macro_rules! impl_float {
-    ($t:ty, $bits:ty, $precision:expr) => {
+    ($t:ty, $bits:ty, $precision:expr, $if_f32:expr) => {
         impl DdimFloat for $t {
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
@@ -243,12 +249,24 @@ macro_rules! impl_float {
                     Err(_) => f(&mut Vec::new()),
                 })
             }
+            #[inline(always)]
+            fn as_f32(self) -> Option<f32> {
+                ($if_f32)(self)
+            }
+            #[inline(always)]
+            fn as_f32s(values: &[Self]) -> Option<&[f32]> {
+                ($if_f32)(values)
+            }
+            #[inline(always)]
+            fn as_u32s(bits: &mut [$bits]) -> Option<&mut [u32]> {
+                ($if_f32)(bits)
+            }
         }
     };
 }
 
-impl_float!(f32, u32, Precision::Single);
-impl_float!(f64, u64, Precision::Double);
+impl_float!(f32, u32, Precision::Single, Some);
+impl_float!(f64, u64, Precision::Double, |_| None);
 
 /// The 16-bit types of the `half` crate: stored in 16 bits, computed in `f32`.
 #[cfg(feature = "half")]

@@ -189,11 +189,42 @@ fn bracketed_quantile<T: DdimFloat>(
     ratio: f64,
     scratch: &mut Vec<Bits<T>>,
 ) -> Option<T::Compute> {
+    with_prediction!(update.prediction, P => {
+        bracketed_with::<T, P>(&update.level, model_output, sample, ratio, scratch)
+    })
+}
+
+/// [`bracketed_quantile`] with the `x0` formula of one prediction type.
+///
+/// The bracket and the selection work on `|x0 numerator|` (see [`Prediction::x0_numerator`]):
+/// `|x0| = |numerator| / divisor` with a positive, finite divisor, and dividing by such a
+/// number never reverses the order of two values (it may only make them equal), so the order
+/// statistics of `|x0|` are the divided order statistics of the numerators, to the bit. Only
+/// the two that the quantile needs are divided; NaN numerators are exactly the NaN `x0`.
+fn bracketed_with<T: DdimFloat, P: Prediction>(
+    level: &NoiseLevel<T::Compute>,
+    model_output: &[T],
+    sample: &[T],
+    ratio: f64,
+    scratch: &mut Vec<Bits<T>>,
+) -> Option<T::Compute> {
+    let zero = T::Compute::ZERO;
+    let divisor = P::x0_divisor(level);
+    if let Some(d) = divisor {
+        // A zero divisor (no signal left) makes `x0` infinite or NaN, which the numerators do
+        // not order; such steps take the direct path.
+        if !(d > zero && d < T::Compute::ONE / zero) {
+            return None;
+        }
+    }
+    let finish = |bits| {
+        let u = T::Compute::from_bits(bits);
+        divisor.map_or(u, |d| u / d)
+    };
     let len = model_output.len();
     let (lo_rank, hi_rank, weight) = ranks::<T::Compute>(len, ratio);
-    let bracket = sample_bracket(update, model_output, sample, ratio, scratch);
-    scratch.clear();
-    let counts = scan(update, model_output, sample, &bracket, scratch);
+    let bracket = sample_bracket::<T, P>(level, model_output, sample, ratio, scratch);
+    let counts = scan::<T, P>(level, model_output, sample, &bracket, scratch);
     if counts.nan {
         return Some(T::Compute::from_f64(f64::NAN));
     }
@@ -208,15 +239,14 @@ fn bracketed_quantile<T: DdimFloat>(
         let bits = T::Compute::to_bits(bracket.lo);
         (bits, bits)
     };
-    let (below, above) = (T::Compute::from_bits(below), T::Compute::from_bits(above));
-    Some(lerp(below, above, weight))
+    Some(lerp(finish(below), finish(above), weight))
 }
 
-/// Values of `|x0|` that hold the wanted order statistics between them, probably.
+/// Values of `|x0 numerator|` that hold the wanted order statistics between them, probably.
 struct Bracket<C> {
-    /// The lower end (an element's `|x0|`, or zero).
+    /// The lower end (an element's value, or zero).
     lo: C,
-    /// The upper end (an element's `|x0|`, or infinity).
+    /// The upper end (an element's value, or infinity).
     hi: C,
     /// Whether the elements in `[lo, hi]` are kept (not when `lo == hi`: they all equal `lo`).
     collect: bool,
@@ -229,8 +259,8 @@ struct Bracket<C> {
 /// the data nor to a periodic structure in it). The ends are the sample's order statistics
 /// [`BRACKET_SIGMAS`] standard deviations of the sample rank either side of the wanted one.
 /// Uses `scratch` for the sample.
-fn sample_bracket<T: DdimFloat>(
-    update: &Update<T::Compute>,
+fn sample_bracket<T: DdimFloat, P: Prediction>(
+    level: &NoiseLevel<T::Compute>,
     model_output: &[T],
     sample: &[T],
     ratio: f64,
@@ -248,8 +278,8 @@ fn sample_bracket<T: DdimFloat>(
         state ^= state >> 17;
         state ^= state << 5;
         let i = j * stretch + ((u64::from(state) * stretch as u64) >> 32) as usize;
-        let x0 = update.raw_x0(sample[i].widen(), model_output[i].widen());
-        x0.abs().to_bits()
+        let u = P::x0_numerator(level, sample[i].widen(), model_output[i].widen());
+        u.abs().to_bits()
     }));
     let p = T::Compute::from_f64(ratio).to_f64();
     let centre = p * (m - 1) as f64;
@@ -293,81 +323,78 @@ fn sample_size(len: usize) -> usize {
 /// What the bracketing pass found.
 #[derive(Debug, Default)]
 struct Counts {
-    /// Elements with `|x0| < lo`.
+    /// Elements below the bracket.
     below: usize,
-    /// Elements with `|x0| <= hi`.
+    /// Elements below the bracket or in it.
     up_to: usize,
-    /// Whether some `|x0|` is NaN.
+    /// Elements kept (those in the bracket, when it collects).
+    kept: usize,
+    /// Whether some value is NaN.
     nan: bool,
     /// Whether more elements fell inside the bracket than it may keep (the pass then stops
     /// early; the counts are incomplete and NaN may have been missed).
     overflow: bool,
 }
 
-/// The bracketing pass: counts, and the bit patterns of the elements in `[lo, hi]` pushed to
-/// `inside` (up to the bracket's capacity). Compiled also for AVX2 and chosen at run time, like
-/// the step's own pass.
-fn scan<T: DdimFloat>(
-    update: &Update<T::Compute>,
-    model_output: &[T],
-    sample: &[T],
-    bracket: &Bracket<T::Compute>,
-    inside: &mut Vec<Bits<T>>,
-) -> Counts {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: `avx2` only requires the CPU to support AVX2, which was checked at run time
-        // just above.
-        #[allow(unsafe_code)]
-        return unsafe { scan_avx2(update, model_output, sample, bracket, inside) };
-    }
-    scan_portable(update, model_output, sample, bracket, inside)
-}
-
-/// [`scan_portable`] compiled for AVX2.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn scan_avx2<T: DdimFloat>(
-    update: &Update<T::Compute>,
-    model_output: &[T],
-    sample: &[T],
-    bracket: &Bracket<T::Compute>,
-    inside: &mut Vec<Bits<T>>,
-) -> Counts {
-    scan_portable(update, model_output, sample, bracket, inside)
-}
-
-/// The bracketing pass for whatever instruction set the caller was compiled for.
-#[inline(always)]
-fn scan_portable<T: DdimFloat>(
-    update: &Update<T::Compute>,
-    model_output: &[T],
-    sample: &[T],
-    bracket: &Bracket<T::Compute>,
-    inside: &mut Vec<Bits<T>>,
-) -> Counts {
-    with_prediction!(update.prediction, P => {
-        scan_with::<T, P>(&update.level, model_output, sample, bracket, inside)
-    })
-}
-
-/// The bracketing pass with the `x0` formula of one prediction type: `|x0|` a block at a time
-/// into a buffer, then counted and searched.
-#[inline(always)]
-fn scan_with<T: DdimFloat, P: Prediction>(
+/// The bracketing pass: counts, and the bit patterns of the elements in `[lo, hi]` left in
+/// `inside` (up to the bracket's capacity). On x86-64 CPUs with AVX2 the pass is compiled for
+/// it, chosen at run time like the step's own pass, and keeps `f32` values eight at a time.
+fn scan<T: DdimFloat, P: Prediction>(
     level: &NoiseLevel<T::Compute>,
     model_output: &[T],
     sample: &[T],
     bracket: &Bracket<T::Compute>,
     inside: &mut Vec<Bits<T>>,
 ) -> Counts {
+    inside.clear();
+    if bracket.collect {
+        // Room for a whole block (and one vector) past the capacity: the pass checks the
+        // capacity once per block and writes whole vectors.
+        let room = bracket.capacity + BLOCK + LANES;
+        inside.resize(room, T::Compute::to_bits(T::Compute::ZERO));
+    }
+    #[cfg(target_arch = "x86_64")]
+    let counts = match avx2::Avx2::detect() {
+        Some(simd) => simd.scan::<T, P>(level, model_output, sample, bracket, inside),
+        None => scan_with::<T, P>(None, level, model_output, sample, bracket, inside),
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let counts = scan_with::<T, P>(None, level, model_output, sample, bracket, inside);
+    inside.truncate(counts.kept);
+    counts
+}
+
+/// The vector unit the bracketing pass may use (`None`: portable code only).
+#[cfg(target_arch = "x86_64")]
+type Simd = Option<avx2::Avx2>;
+/// The vector unit the bracketing pass may use (`None`: portable code only).
+#[cfg(not(target_arch = "x86_64"))]
+type Simd = Option<std::convert::Infallible>;
+
+/// The lanes of the widest vector the pass keeps values with.
+const LANES: usize = 8;
+
+/// The bracketing pass with the `x0` formula of one prediction type, a block at a time.
+/// `inside` has room for the bracket's capacity plus a block and a vector.
+#[inline(always)]
+fn scan_with<T: DdimFloat, P: Prediction>(
+    simd: Simd,
+    level: &NoiseLevel<T::Compute>,
+    model_output: &[T],
+    sample: &[T],
+    bracket: &Bracket<T::Compute>,
+    inside: &mut [Bits<T>],
+) -> Counts {
     let zero = T::Compute::ZERO;
-    let mut x = [zero; BLOCK];
     // Widened 16-bit inputs (unused for f32 and f64, which are read where they lie).
     let (mut wm, mut ws) = ([zero; BLOCK], [zero; BLOCK]);
+    let value = |m, s| P::x0_numerator(level, s, m).abs();
     let mut counts = Counts::default();
     for (m, s) in model_output.chunks(BLOCK).zip(sample.chunks(BLOCK)) {
-        let x = &mut x[..m.len()];
+        if counts.kept > bracket.capacity {
+            counts.overflow = true;
+            break;
+        }
         let (m, s) = match (T::as_compute(m), T::as_compute(s)) {
             (Some(m), Some(s)) => (m, s),
             _ => {
@@ -377,10 +404,7 @@ fn scan_with<T: DdimFloat, P: Prediction>(
                 (&*wm, &*ws)
             }
         };
-        for ((x, &m), &s) in x.iter_mut().zip(m).zip(s) {
-            *x = P::x0(level, s, m).abs();
-        }
-        if !count_block(x, bracket, &mut counts, inside) {
+        if !count_block(simd, m, s, value, bracket, &mut counts, inside) {
             counts.overflow = true;
             break;
         }
@@ -388,16 +412,58 @@ fn scan_with<T: DdimFloat, P: Prediction>(
     counts
 }
 
-/// Counts one block of `|x0|` values and keeps those in the bracket; `false` when they do not
-/// fit in its capacity.
+/// Counts the `value(model output, sample)` of one block (`|x0 numerator|`) and keeps those in
+/// the bracket at `inside[counts.kept..]`, which has room for the block and one vector more;
+/// `false` if it had not.
 #[inline(always)]
 fn count_block<C: Arithmetic>(
-    x: &[C],
+    simd: Simd,
+    model_output: &[C],
+    sample: &[C],
+    value: impl Fn(C, C) -> C,
     bracket: &Bracket<C>,
     counts: &mut Counts,
-    inside: &mut Vec<C::Bits>,
+    inside: &mut [C::Bits],
 ) -> bool {
-    let (lo, hi) = (bracket.lo, bracket.hi);
+    #[cfg(target_arch = "x86_64")]
+    if let Some(simd) = simd {
+        if let (Some(m), Some(s), Some(lo), Some(hi), Some(inside)) = (
+            C::as_f32s(model_output),
+            C::as_f32s(sample),
+            C::as_f32(bracket.lo),
+            C::as_f32(bracket.hi),
+            C::as_u32s(inside),
+        ) {
+            // The identity for `C = f32`, the only type that gets here.
+            let value = |m, s| {
+                let v = value(C::from_f32(m), C::from_f32(s));
+                v.as_f32().unwrap_or(f32::NAN)
+            };
+            return simd.count_block(m, s, value, lo, hi, bracket.collect, counts, inside);
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = simd;
+    let mut x = [C::ZERO; BLOCK];
+    let x = &mut x[..model_output.len().min(BLOCK)];
+    for ((x, &m), &s) in x.iter_mut().zip(model_output).zip(sample) {
+        *x = value(m, s);
+    }
+    count_portable(x, bracket.lo, bracket.hi, bracket.collect, counts, inside)
+}
+
+/// Counts `x` (at most a block) and keeps the values in `[lo, hi]` (if `collect`) at
+/// `inside[counts.kept..]`: portable code, counted with vectorisable loops and kept a group at a
+/// time. `false` if `inside` had no room for `x`.
+#[inline(always)]
+fn count_portable<C: Arithmetic>(
+    x: &[C],
+    lo: C,
+    hi: C,
+    collect: bool,
+    counts: &mut Counts,
+    inside: &mut [C::Bits],
+) -> bool {
     // At most BLOCK per block, so 32-bit counters (one vector lane per value) cannot overflow.
     let (mut below, mut up_to, mut nan) = (0u32, 0u32, false);
     for &v in x {
@@ -408,36 +474,207 @@ fn count_block<C: Arithmetic>(
     counts.below += below as usize;
     counts.up_to += up_to as usize;
     counts.nan |= nan;
-    let found = (up_to - below) as usize;
-    if found == 0 || !bracket.collect {
+    if up_to == below || !collect {
         return true;
     }
-    if inside.len() + found > bracket.capacity {
+    let Some(room) = inside.get_mut(counts.kept..counts.kept + x.len()) else {
         return false;
-    }
-    let mut groups = x.chunks_exact(GROUP);
-    for group in &mut groups {
+    };
+    let mut kept = 0;
+    for group in x.chunks(GROUP) {
         // Most groups hold none: one vectorised count skips them. The others are copied
         // without branches, each value stored and kept only if inside.
         let any = group
             .iter()
             .fold(0u32, |n, &v| n + u32::from(lo <= v && v <= hi));
         if any > 0 {
-            let mut kept = inside.len();
-            inside.extend(group.iter().map(|v| v.to_bits()));
             for &v in group {
-                inside[kept] = v.to_bits();
+                // `kept` stays below `room.len()`: it counts values of this block.
+                if let Some(slot) = room.get_mut(kept) {
+                    *slot = v.to_bits();
+                }
                 kept += usize::from(lo <= v && v <= hi);
             }
-            inside.truncate(kept);
         }
     }
-    for &v in groups.remainder() {
-        if lo <= v && v <= hi {
-            inside.push(v.to_bits());
-        }
-    }
+    counts.kept += kept;
     true
+}
+
+/// The bracketing pass on AVX2: the block loop compiled for it, and `f32` values counted and
+/// kept eight at a time (compare, then move the lanes inside the bracket to the front of the
+/// vector with one permutation and store the whole vector; the next store starts where the
+/// kept lanes end).
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::{
+        __m256i, _mm256_andnot_ps, _mm256_castps_si256, _mm256_castsi256_si128, _mm256_cmp_ps,
+        _mm256_extracti128_si256, _mm256_loadu_ps, _mm256_loadu_si256, _mm256_movemask_ps,
+        _mm256_or_ps, _mm256_permutevar8x32_ps, _mm256_set1_ps, _mm256_setzero_ps,
+        _mm256_setzero_si256, _mm256_storeu_ps, _mm256_sub_epi32, _mm_add_epi32,
+        _mm_cvtsi128_si32, _mm_shuffle_epi32, _CMP_LE_OQ, _CMP_LT_OQ, _CMP_UNORD_Q,
+    };
+
+    use super::{count_portable, scan_with, Bits, Bracket, Counts, Prediction, LANES};
+    use crate::kernel::update::NoiseLevel;
+    use crate::DdimFloat;
+
+    /// Proof that this CPU has AVX2 and POPCNT: only [`Avx2::detect`] makes one.
+    #[derive(Debug, Clone, Copy)]
+    pub(super) struct Avx2 {
+        _detected: (),
+    }
+
+    impl Avx2 {
+        /// `Some` if the CPU running this has AVX2 and POPCNT.
+        pub(super) fn detect() -> Option<Self> {
+            let found = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("popcnt");
+            found.then_some(Avx2 { _detected: () })
+        }
+
+        /// [`super::scan_with`], compiled for AVX2.
+        pub(super) fn scan<T: DdimFloat, P: Prediction>(
+            self,
+            level: &NoiseLevel<T::Compute>,
+            model_output: &[T],
+            sample: &[T],
+            bracket: &Bracket<T::Compute>,
+            inside: &mut [Bits<T>],
+        ) -> Counts {
+            // SAFETY: `scan_avx2` only requires AVX2 and POPCNT, which `self` proves this CPU
+            // has (see `detect`).
+            #[allow(unsafe_code)]
+            unsafe {
+                scan_avx2::<T, P>(self, level, model_output, sample, bracket, inside)
+            }
+        }
+
+        /// [`super::count_block`] for `f32` values.
+        #[inline(always)]
+        #[allow(clippy::too_many_arguments)]
+        pub(super) fn count_block(
+            self,
+            model_output: &[f32],
+            sample: &[f32],
+            value: impl Fn(f32, f32) -> f32,
+            lo: f32,
+            hi: f32,
+            collect: bool,
+            counts: &mut Counts,
+            inside: &mut [u32],
+        ) -> bool {
+            // SAFETY: as in `scan`.
+            #[allow(unsafe_code)]
+            unsafe {
+                count_block_avx2(model_output, sample, value, lo, hi, collect, counts, inside)
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,popcnt")]
+    fn scan_avx2<T: DdimFloat, P: Prediction>(
+        simd: Avx2,
+        level: &NoiseLevel<T::Compute>,
+        model_output: &[T],
+        sample: &[T],
+        bracket: &Bracket<T::Compute>,
+        inside: &mut [Bits<T>],
+    ) -> Counts {
+        scan_with::<T, P>(Some(simd), level, model_output, sample, bracket, inside)
+    }
+
+    /// `PACK[mask]` lists the lanes whose bit is set in `mask`, lowest first (then zeros): the
+    /// permutation that moves the lanes a comparison selected to the front of a vector.
+    static PACK: [[u32; LANES]; 1 << LANES] = pack_table();
+
+    const fn pack_table() -> [[u32; LANES]; 1 << LANES] {
+        let mut table = [[0; LANES]; 1 << LANES];
+        let mut mask = 0;
+        while mask < 1 << LANES {
+            let (mut lane, mut to) = (0, 0);
+            while lane < LANES {
+                if mask >> lane & 1 == 1 {
+                    table[mask][to] = lane as u32;
+                    to += 1;
+                }
+                lane += 1;
+            }
+            mask += 1;
+        }
+        table
+    }
+
+    /// The sum of the eight 32-bit lanes.
+    #[target_feature(enable = "avx2")]
+    fn sum_lanes(v: __m256i) -> usize {
+        let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+        _mm_cvtsi128_si32(s) as u32 as usize
+    }
+
+    /// [`super::count_block`] for `f32`, eight values at a time.
+    #[target_feature(enable = "avx2,popcnt")]
+    #[allow(clippy::too_many_arguments)]
+    fn count_block_avx2(
+        model_output: &[f32],
+        sample: &[f32],
+        value: impl Fn(f32, f32) -> f32,
+        lo: f32,
+        hi: f32,
+        collect: bool,
+        counts: &mut Counts,
+        inside: &mut [u32],
+    ) -> bool {
+        let (vlo, vhi) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
+        // Compare results are all-ones (-1) lanes: subtracting them counts. A block has at
+        // most BLOCK values, so no lane overflows.
+        let (mut below, mut up_to) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+        let mut nan = _mm256_setzero_ps();
+        let mut kept = counts.kept;
+        let mut room = true;
+        let mut m_vectors = model_output.chunks_exact(LANES);
+        let mut s_vectors = sample.chunks_exact(LANES);
+        for (m, s) in (&mut m_vectors).zip(&mut s_vectors) {
+            let x: [f32; LANES] = std::array::from_fn(|j| value(m[j], s[j]));
+            // SAFETY: `x` is LANES = 8 `f32`, the 32 bytes an unaligned load reads.
+            #[allow(unsafe_code)]
+            let v = unsafe { _mm256_loadu_ps(x.as_ptr()) };
+            let lt = _mm256_cmp_ps::<_CMP_LT_OQ>(v, vlo);
+            let le = _mm256_cmp_ps::<_CMP_LE_OQ>(v, vhi);
+            below = _mm256_sub_epi32(below, _mm256_castps_si256(lt));
+            up_to = _mm256_sub_epi32(up_to, _mm256_castps_si256(le));
+            nan = _mm256_or_ps(nan, _mm256_cmp_ps::<_CMP_UNORD_Q>(v, v));
+            if collect {
+                // Inside: not below `lo`, and up to `hi` (which NaN is not).
+                let mask = _mm256_movemask_ps(_mm256_andnot_ps(lt, le)) as usize & 0xFF;
+                let Some(to) = inside.get_mut(kept..kept + LANES) else {
+                    room = false;
+                    break;
+                };
+                // SAFETY: `PACK[mask]` is LANES = 8 `u32`, the 32 bytes an unaligned load reads.
+                #[allow(unsafe_code)]
+                let order = unsafe { _mm256_loadu_si256(PACK[mask].as_ptr().cast()) };
+                let packed = _mm256_permutevar8x32_ps(v, order);
+                // SAFETY: `to` is LANES = 8 `u32`, the 32 bytes an unaligned store writes.
+                #[allow(unsafe_code)]
+                unsafe {
+                    _mm256_storeu_ps(to.as_mut_ptr().cast(), packed)
+                };
+                kept += mask.count_ones() as usize;
+            }
+        }
+        counts.below += sum_lanes(below);
+        counts.up_to += sum_lanes(up_to);
+        counts.nan |= _mm256_movemask_ps(nan) != 0;
+        counts.kept = kept;
+        let (m, s) = (m_vectors.remainder(), s_vectors.remainder());
+        let mut x = [0.0; LANES];
+        for ((x, &m), &s) in x.iter_mut().zip(m).zip(s) {
+            *x = value(m, s);
+        }
+        room && count_portable(&x[..m.len()], lo, hi, collect, counts, inside)
+    }
 }
 
 /// Replaces `out` with the bit patterns of `|raw x0|` of every element, in row-major order, in

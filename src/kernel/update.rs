@@ -96,6 +96,20 @@ impl Update<f32> {
 pub(crate) trait Prediction {
     /// The raw (unclamped) predicted clean sample.
     fn x0<T: DdimFloat>(level: &NoiseLevel<T>, sample: T, model_output: T) -> T;
+    /// The raw `x0` before its last division, if its formula ends in one: `x0` is exactly
+    /// `x0_numerator / x0_divisor` (rounded once), or the numerator itself when
+    /// [`Prediction::x0_divisor`] is `None`. Thresholding selects order statistics on the
+    /// numerators and divides only the two it needs (dividing by a positive number is
+    /// monotone, also after rounding, so the order is the same).
+    #[inline(always)]
+    fn x0_numerator<T: DdimFloat>(level: &NoiseLevel<T>, sample: T, model_output: T) -> T {
+        Self::x0(level, sample, model_output)
+    }
+    /// The divisor of [`Prediction::x0_numerator`], if the `x0` formula ends in a division.
+    #[inline(always)]
+    fn x0_divisor<T: DdimFloat>(_: &NoiseLevel<T>) -> Option<T> {
+        None
+    }
     /// The predicted noise, from the model output itself.
     fn eps<T: DdimFloat>(level: &NoiseLevel<T>, sample: T, model_output: T) -> T;
 }
@@ -110,7 +124,15 @@ pub(crate) struct VelocityPrediction;
 impl Prediction for EpsilonPrediction {
     #[inline(always)]
     fn x0<T: DdimFloat>(level: &NoiseLevel<T>, sample: T, model_output: T) -> T {
-        (sample - level.sqrt_one_minus_alpha_bar * model_output) / level.sqrt_alpha_bar
+        Self::x0_numerator(level, sample, model_output) / level.sqrt_alpha_bar
+    }
+    #[inline(always)]
+    fn x0_numerator<T: DdimFloat>(level: &NoiseLevel<T>, sample: T, model_output: T) -> T {
+        sample - level.sqrt_one_minus_alpha_bar * model_output
+    }
+    #[inline(always)]
+    fn x0_divisor<T: DdimFloat>(level: &NoiseLevel<T>) -> Option<T> {
+        Some(level.sqrt_alpha_bar)
     }
     #[inline(always)]
     fn eps<T: DdimFloat>(_: &NoiseLevel<T>, _: T, model_output: T) -> T {
