@@ -4,21 +4,26 @@
 //! `s` needs two neighbouring order statistics of `|x0|` over a batch item. Small items and
 //! items whose arrays are not contiguous take the direct path: the bit patterns of every `|x0|`
 //! go to the scratch buffer and a selection finds the two (see [`dynamic_threshold`]). Other
-//! items are bracketed first ([`bracketed_quantile`]):
+//! items are bracketed first ([`bracketed_quantile`]), on `|x0|` before its last division
+//! (ε-prediction divides by `√α_t`; the order is the same, and only the two order statistics
+//! found are divided):
 //!
 //! 1. a sample of the item (one element drawn from every stretch of `len / m` elements) gives
 //!    two values `lo <= hi` that hold the wanted ranks between them with high probability;
 //! 2. one vectorised pass over the item counts the elements below `lo` and up to `hi`, notes
-//!    NaN, and keeps the bit patterns of the few elements in `[lo, hi]`;
+//!    NaN, and keeps the bit patterns of the few elements in `[lo, hi]` (on AVX2, eight at a
+//!    time without a branch: the kept lanes are moved to the front of a vector and the whole
+//!    vector stored);
 //! 3. if the wanted ranks do lie in `[lo, hi]`, a selection among the kept elements finds the
-//!    two order statistics exactly; otherwise (an unlucky sample, or many equal values at a
-//!    bracket end) the item takes the direct path.
+//!    two order statistics exactly; after an unlucky sample the pass is repeated once with a
+//!    much wider bracket, and if that misses too (or a bracket holds more elements than it
+//!    may keep: long runs of equal values) the item takes the direct path.
 //!
 //! Both paths find the same order statistics, so the threshold is the same to the bit.
 
 use ndarray::ArrayViewD;
 
-use crate::float::{Arithmetic, Precision};
+use crate::float::{Arithmetic, Precision, SCRATCH_KEEP};
 use crate::kernel::update::{with_prediction, NoiseLevel, Prediction};
 use crate::kernel::Update;
 use crate::DdimFloat;
@@ -38,9 +43,14 @@ const BLOCK: usize = 256;
 const GROUP: usize = 16;
 
 /// Half the width of the bracket, in standard deviations of the sample rank (plus two ranks): a
-/// bracket misses the wanted rank on one side with probability below 1%, and then costs one
-/// extra pass (the direct path). Wider brackets keep more elements, which costs on every item.
+/// bracket misses the wanted ranks with a probability of about 0.5% (measured on normal data),
+/// and then costs one more pass with a bracket [`RETRY_SIGMAS`] wide. Wider brackets keep more
+/// elements, which costs on every item.
 const BRACKET_SIGMAS: f64 = 2.5;
+
+/// Half the width of the second bracket, when the first missed: it misses with a probability
+/// far below one in a million, and then the item takes the direct path.
+const RETRY_SIGMAS: f64 = 6.0;
 
 /// The threshold `s` of one batch item (arrays of one item, of the same shape, any layout), in
 /// the compute type; `scratch` is the thread's scratch buffer.
@@ -75,8 +85,12 @@ pub(crate) fn item_threshold<T: DdimFloat>(
 /// The buffer is trimmed after a step to four times what the step left in it (see
 /// `trim_scratch`), and a bracketed item leaves only a few percent of its elements there; this
 /// keeps room for the direct path on items of this size, so that the next step of the shape
-/// does not allocate even when one of its items has to take that path.
+/// does not allocate even when one of its items has to take that path. Buffers the trim never
+/// shrinks (up to `SCRATCH_KEEP` elements) are left alone.
 pub(crate) fn keep_for_next_step<T: Arithmetic>(scratch: &mut Vec<T::Bits>, item_len: usize) {
+    if scratch.capacity() <= SCRATCH_KEEP {
+        return;
+    }
     let quarter = item_len.div_ceil(4);
     if scratch.len() < quarter {
         scratch.resize(quarter, T::to_bits(T::ZERO));
@@ -223,14 +237,24 @@ fn bracketed_with<T: DdimFloat, P: Prediction>(
     };
     let len = model_output.len();
     let (lo_rank, hi_rank, weight) = ranks::<T::Compute>(len, ratio);
-    let bracket = sample_bracket::<T, P>(level, model_output, sample, ratio, scratch);
-    let counts = scan::<T, P>(level, model_output, sample, &bracket, scratch);
-    if counts.nan {
-        return Some(T::Compute::from_f64(f64::NAN));
+    let mut attempt = None;
+    for sigmas in [BRACKET_SIGMAS, RETRY_SIGMAS] {
+        let bracket = sample_bracket::<T, P>(level, model_output, sample, ratio, sigmas, scratch);
+        let counts = scan::<T, P>(level, model_output, sample, &bracket, scratch);
+        if counts.nan {
+            return Some(T::Compute::from_f64(f64::NAN));
+        }
+        if counts.overflow {
+            // Too many elements in the bracket (long runs of equal values): a wider one would
+            // hold more.
+            return None;
+        }
+        if counts.below <= lo_rank && hi_rank < counts.up_to {
+            attempt = Some((bracket, counts));
+            break;
+        }
     }
-    if counts.overflow || lo_rank < counts.below || hi_rank >= counts.up_to {
-        return None;
-    }
+    let (bracket, counts) = attempt?;
     let (below, above) = if bracket.collect {
         // Every element in [lo, hi] is in the scratch buffer, in no particular order.
         lo_and_next(scratch, lo_rank - counts.below, hi_rank > lo_rank)
@@ -257,33 +281,33 @@ struct Bracket<C> {
 /// The bracket from a stratified sample of the item: `m` elements, one at a pseudo-random
 /// position in each of `m` equal stretches of the item (so that sampling adapts neither to
 /// the data nor to a periodic structure in it). The ends are the sample's order statistics
-/// [`BRACKET_SIGMAS`] standard deviations of the sample rank either side of the wanted one.
+/// `sigmas` standard deviations of the sample rank either side of the wanted one.
 /// Uses `scratch` for the sample.
 fn sample_bracket<T: DdimFloat, P: Prediction>(
     level: &NoiseLevel<T::Compute>,
     model_output: &[T],
     sample: &[T],
     ratio: f64,
+    sigmas: f64,
     scratch: &mut Vec<Bits<T>>,
 ) -> Bracket<T::Compute> {
     let len = model_output.len();
     let m = sample_size(len);
     let stretch = len / m;
-    let mut state: u32 = 0x9E37_79B9;
+    // The offset within stretch `j` is the fraction of `j` times the golden ratio (a Weyl
+    // sequence: spread evenly over the stretch and with no period, computed without a chain of
+    // dependent operations, so that the loads of many samples are in flight at once).
+    const GOLDEN: u32 = 0x9E37_79B9;
     scratch.clear();
     scratch.extend((0..m).map(|j| {
-        // xorshift32: a fixed, cheap pseudo-random offset within the stretch (scaled by a
-        // multiplication, not a division).
-        state ^= state << 13;
-        state ^= state >> 17;
-        state ^= state << 5;
-        let i = j * stretch + ((u64::from(state) * stretch as u64) >> 32) as usize;
+        let fraction = (j as u32).wrapping_mul(GOLDEN);
+        let i = j * stretch + ((u64::from(fraction) * stretch as u64) >> 32) as usize;
         let u = P::x0_numerator(level, sample[i].widen(), model_output[i].widen());
         u.abs().to_bits()
     }));
     let p = T::Compute::from_f64(ratio).to_f64();
     let centre = p * (m - 1) as f64;
-    let spread = BRACKET_SIGMAS * (m as f64 * p * (1.0 - p)).sqrt() + 2.0;
+    let spread = sigmas * (m as f64 * p * (1.0 - p)).sqrt() + 2.0;
     let below = (centre - spread).floor();
     let above = (centre + spread).ceil();
     let zero = T::Compute::ZERO;
@@ -314,10 +338,13 @@ fn sample_bracket<T: DdimFloat, P: Prediction>(
     }
 }
 
-/// The sample size for an item of `len >= BRACKET_FROM` elements: 1/32 of it, at least 128 and
-/// at most 4096.
+/// The sample size for an item of `len >= BRACKET_FROM` elements: `2 √len` (256 for 16,384
+/// elements, 512 for 65,536), at least 128 and at most 4096. The sample's cost grows with its
+/// size (its reads are scattered, so they mostly wait for memory), the bracket's width (the
+/// elements kept and selected among) shrinks with its square root; `√len` and `4 √len` were
+/// both slower on the benchmark shapes.
 fn sample_size(len: usize) -> usize {
-    (len / 32).clamp(128, 4096)
+    (2 * len.isqrt()).clamp(128, 4096)
 }
 
 /// What the bracketing pass found.
@@ -388,7 +415,9 @@ fn scan_with<T: DdimFloat, P: Prediction>(
     let zero = T::Compute::ZERO;
     // Widened 16-bit inputs (unused for f32 and f64, which are read where they lie).
     let (mut wm, mut ws) = ([zero; BLOCK], [zero; BLOCK]);
-    let value = |m, s| P::x0_numerator(level, s, m).abs();
+    // A copy, so that the coefficients stay in registers across the pass's stores.
+    let level = *level;
+    let value = move |m, s| P::x0_numerator(&level, s, m).abs();
     let mut counts = Counts::default();
     for (m, s) in model_output.chunks(BLOCK).zip(sample.chunks(BLOCK)) {
         if counts.kept > bracket.capacity {
@@ -509,10 +538,11 @@ fn count_portable<C: Arithmetic>(
 mod avx2 {
     use std::arch::x86_64::{
         __m256i, _mm256_andnot_ps, _mm256_castps_si256, _mm256_castsi256_si128, _mm256_cmp_ps,
-        _mm256_extracti128_si256, _mm256_loadu_ps, _mm256_loadu_si256, _mm256_movemask_ps,
-        _mm256_or_ps, _mm256_permutevar8x32_ps, _mm256_set1_ps, _mm256_setzero_ps,
-        _mm256_setzero_si256, _mm256_storeu_ps, _mm256_sub_epi32, _mm_add_epi32,
-        _mm_cvtsi128_si32, _mm_shuffle_epi32, _CMP_LE_OQ, _CMP_LT_OQ, _CMP_UNORD_Q,
+        _mm256_cmpgt_epi32, _mm256_extracti128_si256, _mm256_loadu_ps, _mm256_loadu_si256,
+        _mm256_max_epu32, _mm256_movemask_epi8, _mm256_movemask_ps, _mm256_permutevar8x32_ps,
+        _mm256_set1_epi32, _mm256_set1_ps, _mm256_setzero_si256, _mm256_storeu_ps,
+        _mm256_sub_epi32, _mm_add_epi32, _mm_cvtsi128_si32, _mm_shuffle_epi32, _CMP_LE_OQ,
+        _CMP_LT_OQ,
     };
 
     use super::{count_portable, scan_with, Bits, Bracket, Counts, Prediction, LANES};
@@ -626,32 +656,62 @@ mod avx2 {
         counts: &mut Counts,
         inside: &mut [u32],
     ) -> bool {
+        let counted = if collect {
+            count_vectors::<true>(model_output, sample, &value, lo, hi, counts, inside)
+        } else {
+            count_vectors::<false>(model_output, sample, &value, lo, hi, counts, inside)
+        };
+        let Some(done) = counted else {
+            return false;
+        };
+        let (m, s) = (&model_output[done..], &sample[done..]);
+        let mut x = [0.0; LANES];
+        for ((x, &m), &s) in x.iter_mut().zip(m).zip(s) {
+            *x = value(m, s);
+        }
+        count_portable(&x[..m.len()], lo, hi, collect, counts, inside)
+    }
+
+    /// The whole vectors of [`count_block_avx2`]: returns how many values were counted (a
+    /// multiple of LANES), or `None` if `inside` had no room. Keeps the values only if
+    /// `COLLECT`; the counts of values up to `hi` are then the counts below `lo` plus those
+    /// kept (`lo <= hi`).
+    #[target_feature(enable = "avx2,popcnt")]
+    #[inline]
+    fn count_vectors<const COLLECT: bool>(
+        model_output: &[f32],
+        sample: &[f32],
+        value: &impl Fn(f32, f32) -> f32,
+        lo: f32,
+        hi: f32,
+        counts: &mut Counts,
+        inside: &mut [u32],
+    ) -> Option<usize> {
         let (vlo, vhi) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
         // Compare results are all-ones (-1) lanes: subtracting them counts. A block has at
         // most BLOCK values, so no lane overflows.
         let (mut below, mut up_to) = (_mm256_setzero_si256(), _mm256_setzero_si256());
-        let mut nan = _mm256_setzero_ps();
-        let mut kept = counts.kept;
-        let mut room = true;
-        let mut m_vectors = model_output.chunks_exact(LANES);
-        let mut s_vectors = sample.chunks_exact(LANES);
-        for (m, s) in (&mut m_vectors).zip(&mut s_vectors) {
+        // The largest bit pattern: the values are non-negative, so NaN is above infinity's.
+        let mut top = _mm256_setzero_si256();
+        let start = counts.kept;
+        let mut kept = start;
+        let mut done = 0;
+        for (m, s) in model_output
+            .chunks_exact(LANES)
+            .zip(sample.chunks_exact(LANES))
+        {
             let x: [f32; LANES] = std::array::from_fn(|j| value(m[j], s[j]));
             // SAFETY: `x` is LANES = 8 `f32`, the 32 bytes an unaligned load reads.
             #[allow(unsafe_code)]
             let v = unsafe { _mm256_loadu_ps(x.as_ptr()) };
+            top = _mm256_max_epu32(top, _mm256_castps_si256(v));
             let lt = _mm256_cmp_ps::<_CMP_LT_OQ>(v, vlo);
             let le = _mm256_cmp_ps::<_CMP_LE_OQ>(v, vhi);
             below = _mm256_sub_epi32(below, _mm256_castps_si256(lt));
-            up_to = _mm256_sub_epi32(up_to, _mm256_castps_si256(le));
-            nan = _mm256_or_ps(nan, _mm256_cmp_ps::<_CMP_UNORD_Q>(v, v));
-            if collect {
+            if COLLECT {
                 // Inside: not below `lo`, and up to `hi` (which NaN is not).
                 let mask = _mm256_movemask_ps(_mm256_andnot_ps(lt, le)) as usize & 0xFF;
-                let Some(to) = inside.get_mut(kept..kept + LANES) else {
-                    room = false;
-                    break;
-                };
+                let to = inside.get_mut(kept..kept + LANES)?;
                 // SAFETY: `PACK[mask]` is LANES = 8 `u32`, the 32 bytes an unaligned load reads.
                 #[allow(unsafe_code)]
                 let order = unsafe { _mm256_loadu_si256(PACK[mask].as_ptr().cast()) };
@@ -662,18 +722,24 @@ mod avx2 {
                     _mm256_storeu_ps(to.as_mut_ptr().cast(), packed)
                 };
                 kept += mask.count_ones() as usize;
+            } else {
+                up_to = _mm256_sub_epi32(up_to, _mm256_castps_si256(le));
             }
+            done += LANES;
         }
-        counts.below += sum_lanes(below);
-        counts.up_to += sum_lanes(up_to);
-        counts.nan |= _mm256_movemask_ps(nan) != 0;
+        let below = sum_lanes(below);
+        counts.below += below;
+        counts.up_to += if COLLECT {
+            below + (kept - start)
+        } else {
+            sum_lanes(up_to)
+        };
+        let infinity = _mm256_set1_epi32(f32::INFINITY.to_bits() as i32);
+        // Signed comparison: the sign bits are clear.
+        let nan = _mm256_cmpgt_epi32(top, infinity);
+        counts.nan |= _mm256_movemask_epi8(nan) != 0;
         counts.kept = kept;
-        let (m, s) = (m_vectors.remainder(), s_vectors.remainder());
-        let mut x = [0.0; LANES];
-        for ((x, &m), &s) in x.iter_mut().zip(m).zip(s) {
-            *x = value(m, s);
-        }
-        room && count_portable(&x[..m.len()], lo, hi, collect, counts, inside)
+        Some(done)
     }
 }
 
@@ -721,7 +787,7 @@ mod tests {
     use super::*;
 
     use crate::config::PredictionType;
-    use crate::kernel::update::PrevWeights;
+    use crate::kernel::update::{PrevWeights, SamplePrediction};
 
     /// An update whose raw `x0` is the model output itself, so that tests choose `|x0|`.
     fn x0_is_model_output<T: Arithmetic>() -> Update<T> {
@@ -904,16 +970,157 @@ mod tests {
         let update = x0_is_model_output::<f32>();
         let mut g = Gen(7);
         let mut scratch = Vec::new();
-        for &ratio in &[0.5, 0.9, 0.95, 0.995] {
+        // The bracket is narrower (in ranks) towards the ends: the share of the item it may
+        // keep at each ratio, with some room (at 0.995 its upper end is infinity).
+        for &(ratio, share) in &[(0.5, 0.15), (0.9, 0.10), (0.95, 0.08), (0.995, 0.04)] {
             let values: Vec<f32> = (0..65_536).map(|_| g.normal() as f32).collect();
             let zeros = vec![0.0; values.len()];
             let q = bracketed_quantile(&update, &values, &zeros, ratio, &mut scratch);
             assert!(bits_equal(q, reference(&values, ratio)), "ratio {ratio}");
             assert!(
-                scratch.len() < values.len() / 10,
-                "kept {} elements",
+                (scratch.len() as f64) < share * values.len() as f64,
+                "ratio {ratio}: kept {} elements",
                 scratch.len()
             );
+        }
+    }
+
+    /// An ε-prediction update with the given `√α_t`: `x0 = (x_t − 0.8 ε) / √α_t`.
+    fn epsilon_update<T: Arithmetic>(sqrt_alpha_bar: f64) -> Update<T> {
+        Update {
+            prediction: PredictionType::Epsilon,
+            level: NoiseLevel {
+                sqrt_alpha_bar: T::from_f64(sqrt_alpha_bar),
+                sqrt_one_minus_alpha_bar: T::from_f64(0.8),
+            },
+            eps_from_clamped_x0: false,
+            prev: PrevWeights {
+                x0: T::ONE,
+                eps: T::ZERO,
+                noise: T::ZERO,
+            },
+        }
+    }
+
+    /// The bracket of an ε-prediction item works on the numerators and divides only the two
+    /// order statistics: it must find the direct path's quantile of every `|x0|`, bit for
+    /// bit, also when the division overflows to infinity (tiny `√α_t`), and give way to the
+    /// direct path when `√α_t` is zero.
+    fn epsilon_property<T: Arithmetic>(seed: u64, divisors: &[f64]) -> (usize, usize) {
+        let mut g = Gen(seed);
+        let ratios = [0.0, 0.25, 0.95, 0.995, 1.0];
+        let (mut resolved, mut tried) = (0, 0);
+        for &divisor in divisors {
+            let update = epsilon_update::<T>(divisor);
+            for kind in 0..12 {
+                for len in [BRACKET_FROM, 5003, 40_000] {
+                    let model_output = item::<T>(kind, len, &mut g);
+                    let sample = item::<T>(0, len, &mut g);
+                    let ratio = ratios[g.below(ratios.len())];
+                    let mut direct: Vec<T::Bits> = model_output
+                        .iter()
+                        .zip(&sample)
+                        .map(|(&m, &s)| update.raw_x0(s, m).abs().to_bits())
+                        .collect();
+                    let expected = quantile::<T>(&mut direct, ratio);
+                    let mut scratch = Vec::new();
+                    let q =
+                        bracketed_quantile(&update, &model_output, &sample, ratio, &mut scratch);
+                    if divisor == 0.0 {
+                        assert!(q.is_none(), "a zero divisor must take the direct path");
+                        continue;
+                    }
+                    tried += 1;
+                    if let Some(q) = q {
+                        resolved += 1;
+                        assert!(
+                            bits_equal(Some(q), expected),
+                            "divisor {divisor} kind {kind} len {len} ratio {ratio}: \
+                             {q:?} != {expected:?}"
+                        );
+                    }
+                }
+            }
+        }
+        (resolved, tried)
+    }
+
+    #[test]
+    fn epsilon_bracket_matches_the_direct_path_bit_for_bit() {
+        let (mut resolved, mut tried) = (0, 0);
+        for seed in 1..=3 {
+            // 1e-39 is below f32's smallest normal number: most quotients overflow.
+            let (r, t) = epsilon_property::<f32>(seed, &[1.0, 0.7, 0.013, 1e-39, 0.0]);
+            let (r64, t64) = epsilon_property::<f64>(seed + 50, &[0.7, 3e-3, 1e-310, 0.0]);
+            resolved += r + r64;
+            tried += t + t64;
+        }
+        assert!(
+            resolved * 4 > tried * 3,
+            "bracket resolved {resolved} of {tried} items"
+        );
+    }
+
+    /// The AVX2 pass and the portable one count, flag and keep the same elements, for block
+    /// lengths around the vector width, brackets that keep nothing, some or too many
+    /// elements, and NaN.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn vector_and_portable_passes_agree() {
+        let Some(simd) = avx2::Avx2::detect() else {
+            eprintln!("no AVX2 on this CPU: only the portable pass runs here");
+            return;
+        };
+        let update = x0_is_model_output::<f32>();
+        let mut g = Gen(11);
+        for len in [1, 7, 8, 9, 255, 256, 257, 1000, 5003] {
+            for kind in [0, 1, 3, 8, 9] {
+                let values = item::<f32>(kind, len, &mut g);
+                let zeros = vec![0.0f32; len];
+                let (a, b) = (g.normal().abs() as f32, g.normal().abs() as f32);
+                for (lo, hi, collect, capacity) in [
+                    (a.min(b), a.max(b), true, len),
+                    (a.min(b), a.max(b), true, 3),
+                    (0.0, f32::INFINITY, true, len),
+                    (0.75, 0.75, false, len),
+                    (5.0, 6.0, true, len),
+                ] {
+                    let bracket = Bracket {
+                        lo,
+                        hi,
+                        collect,
+                        capacity,
+                    };
+                    let run = |simd| {
+                        let mut inside = vec![0u32; capacity + BLOCK + LANES];
+                        let level = &update.level;
+                        let counts = scan_with::<f32, SamplePrediction>(
+                            simd,
+                            level,
+                            &values,
+                            &zeros,
+                            &bracket,
+                            &mut inside,
+                        );
+                        inside.truncate(counts.kept);
+                        inside.sort_unstable();
+                        (counts, inside)
+                    };
+                    let (portable, kept) = run(None);
+                    let (vector, vector_kept) = run(Some(simd));
+                    let case = format!("len {len} kind {kind} bracket [{lo}, {hi}] {capacity}");
+                    assert_eq!(portable.overflow, vector.overflow, "{case}");
+                    if portable.overflow {
+                        continue;
+                    }
+                    assert_eq!(
+                        (portable.below, portable.up_to, portable.nan, portable.kept),
+                        (vector.below, vector.up_to, vector.nan, vector.kept),
+                        "{case}"
+                    );
+                    assert_eq!(kept, vector_kept, "{case}");
+                }
+            }
         }
     }
 
