@@ -69,7 +69,7 @@ fn workload<T: DdimFloat>(s: &DdimScheduler, seed: u64) -> Vec<u64> {
         vec![batch + 1, 3, 5],
         vec![batch, 2, 9, 7],
     ];
-    let clipped = seed % 2 == 0;
+    let clipped = seed.is_multiple_of(2);
     for shape in shapes {
         let mut x: ArrayD<T> = random_array(&shape, &mut rng, RANGE);
         let mut buffers = DdimSchedulerOutput::<T, IxDyn>::zeros(IxDyn(&shape));
