@@ -789,7 +789,7 @@ mod tests {
     use super::*;
 
     use crate::config::PredictionType;
-    use crate::kernel::update::{PrevWeights, SamplePrediction};
+    use crate::kernel::update::PrevWeights;
 
     /// An update whose raw `x0` is the model output itself, so that tests choose `|x0|`.
     fn x0_is_model_output<T: Arithmetic>() -> Update<T> {
@@ -1094,6 +1094,7 @@ mod tests {
                         capacity,
                     };
                     let run = |simd| {
+                        use crate::kernel::update::SamplePrediction;
                         let mut inside = vec![0u32; capacity + BLOCK + LANES];
                         let level = &update.level;
                         let counts = scan_with::<f32, SamplePrediction>(
