@@ -301,9 +301,13 @@ fn sample_bracket<T: DdimFloat, P: Prediction>(
     scratch.clear();
     scratch.extend((0..m).map(|j| {
         let fraction = (j as u32).wrapping_mul(GOLDEN);
+        // Below `(j + 1) * stretch <= len`.
         let i = j * stretch + ((u64::from(fraction) * stretch as u64) >> 32) as usize;
-        let u = P::x0_numerator(level, sample[i].widen(), model_output[i].widen());
-        u.abs().to_bits()
+        let (s, m) = match (sample.get(i), model_output.get(i)) {
+            (Some(s), Some(m)) => (s.widen(), m.widen()),
+            _ => (T::Compute::ZERO, T::Compute::ZERO),
+        };
+        P::x0_numerator(level, s, m).abs().to_bits()
     }));
     let p = T::Compute::from_f64(ratio).to_f64();
     let centre = p * (m - 1) as f64;
@@ -475,12 +479,31 @@ fn count_block<C: Arithmetic>(
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = simd;
+    let (lo, hi, collect) = (bracket.lo, bracket.hi, bracket.collect);
+    count_values(model_output, sample, value, lo, hi, collect, counts, inside)
+}
+
+/// [`count_portable`] of `value(model output, sample)` for at most a block of elements (more
+/// are ignored), computed into a buffer first.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn count_values<C: Arithmetic>(
+    model_output: &[C],
+    sample: &[C],
+    value: impl Fn(C, C) -> C,
+    lo: C,
+    hi: C,
+    collect: bool,
+    counts: &mut Counts,
+    inside: &mut [C::Bits],
+) -> bool {
     let mut x = [C::ZERO; BLOCK];
-    let x = &mut x[..model_output.len().min(BLOCK)];
+    let n = model_output.len().min(sample.len()).min(BLOCK);
+    let x = &mut x[..n];
     for ((x, &m), &s) in x.iter_mut().zip(model_output).zip(sample) {
         *x = value(m, s);
     }
-    count_portable(x, bracket.lo, bracket.hi, bracket.collect, counts, inside)
+    count_portable(x, lo, hi, collect, counts, inside)
 }
 
 /// Counts `x` (at most a block) and keeps the values in `[lo, hi]` (if `collect`) at
@@ -547,7 +570,7 @@ mod avx2 {
         _CMP_LT_OQ,
     };
 
-    use super::{count_portable, scan_with, Bits, Bracket, Counts, Prediction, LANES};
+    use super::{count_values, scan_with, Bits, Bracket, Counts, Prediction, LANES};
     use crate::kernel::update::NoiseLevel;
     use crate::DdimFloat;
 
@@ -666,12 +689,10 @@ mod avx2 {
         let Some(done) = counted else {
             return false;
         };
-        let (m, s) = (&model_output[done..], &sample[done..]);
-        let mut x = [0.0; LANES];
-        for ((x, &m), &s) in x.iter_mut().zip(m).zip(s) {
-            *x = value(m, s);
-        }
-        count_portable(&x[..m.len()], lo, hi, collect, counts, inside)
+        // The last values, fewer than a vector.
+        let m = model_output.get(done..).unwrap_or_default();
+        let s = sample.get(done..).unwrap_or_default();
+        count_values(m, s, value, lo, hi, collect, counts, inside)
     }
 
     /// The whole vectors of [`count_block_avx2`]: returns how many values were counted (a
