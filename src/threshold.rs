@@ -326,7 +326,7 @@ fn sample_bracket<T: DdimFloat, P: Prediction>(
         T::Compute::ONE / zero
     } else {
         let k = above as usize;
-        // The sample above `lo_index` is already partitioned off.
+        // The sample above `lo_index` is already partitioned off (`from <= k < m`).
         let from = lo_index.map_or(0, |i| i + 1);
         let (_, &mut hi, _) = scratch[from..].select_nth_unstable(k - from);
         T::Compute::from_bits(hi)

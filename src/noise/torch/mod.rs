@@ -551,6 +551,7 @@ impl<'g, T: DdimFloat> NormalStream<'g, T> {
             // The final stretch: the first `r` values of the last whole block, then the final
             // block of fresh uniforms, drawn after the `r` uniforms torch never uses (float32
             // and float64 only).
+            // `len % BLOCK`, below BLOCK (see `regular_end`): `rest + BLOCK` fits `pending`.
             let rest = self.len - regular_end - BLOCK;
             let (mut last_whole, mut final_block) = ([T::ZERO; BLOCK], [T::ZERO; BLOCK]);
             self.blocks(&mut last_whole, |v| v);
