@@ -78,15 +78,24 @@ impl<T: DdimFloat, D: Dimension> DdimSchedulerOutput<T, D> {
     /// [`DdimScheduler::step_into`].
     ///
     /// ```
+    /// use ddim::ndarray::ShapeBuilder;
+    ///
     /// let out = ddim::DdimSchedulerOutput::<f32, _>::zeros((1, 4, 64, 64));
     /// assert_eq!(out.prev_sample.shape(), &[1, 4, 64, 64]);
+    /// assert!(out.pred_original_sample.iter().all(|&v| v == 0.0));
+    ///
+    /// // Both arrays get the memory order asked for (column-major here).
+    /// let out = ddim::DdimSchedulerOutput::<f64, _>::zeros((2, 3).f());
+    /// assert!(out.prev_sample.t().is_standard_layout());
+    /// assert!(out.pred_original_sample.t().is_standard_layout());
     /// ```
     pub fn zeros<Sh: ndarray::ShapeBuilder<Dim = D>>(shape: Sh) -> Self {
-        let prev_sample = Array::from_elem(shape, T::ZERO);
-        let pred_original_sample = prev_sample.clone();
+        // Two fresh zero arrays rather than one and its copy: `f32` and `f64` zeros come from
+        // zeroed allocations, which need no pass over the memory.
+        let shape = shape.into_shape_with_order();
         DdimSchedulerOutput {
-            prev_sample,
-            pred_original_sample,
+            prev_sample: Array::from_elem(shape.clone(), T::ZERO),
+            pred_original_sample: Array::from_elem(shape, T::ZERO),
         }
     }
 }
