@@ -38,6 +38,12 @@ const BRACKET_FROM: usize = 4096;
 /// Values per block of the bracketing pass (computed into a buffer that stays in L1).
 const BLOCK: usize = 256;
 
+/// Values per block of the bracketing pass when the vector pass takes them (`f32` elements
+/// on a CPU with AVX2): it computes no buffer, and a block's fixed costs (the call, the sums
+/// of the vector counters, the check of the bracket's capacity) paid every 256 values took
+/// about a tenth of its time.
+const VECTOR_BLOCK: usize = 2048;
+
 /// Values per group when the bracketing pass looks for elements inside the bracket: groups
 /// without any are skipped after one vectorised count, the others copied without branches.
 const GROUP: usize = 16;
@@ -364,8 +370,9 @@ struct Counts {
     kept: usize,
     /// Whether some value is NaN.
     nan: bool,
-    /// Whether more elements fell inside the bracket than it may keep (the pass then stops
-    /// early; the counts are incomplete and NaN may have been missed).
+    /// Whether more elements fell inside the bracket than it may keep, whatever the block
+    /// length (the pass may then have stopped early: the counts are incomplete and NaN may
+    /// have been missed).
     overflow: bool,
 }
 
@@ -381,10 +388,10 @@ fn scan<T: DdimFloat, P: Prediction>(
 ) -> Counts {
     inside.clear();
     if bracket.collect {
-        // Room for a whole block (and one vector) past the capacity: the pass checks the
-        // capacity once per block and writes whole vectors.
-        let room = bracket.capacity + BLOCK + LANES;
-        inside.resize(room, T::Compute::to_bits(T::Compute::ZERO));
+        inside.resize(
+            room(bracket.capacity),
+            T::Compute::to_bits(T::Compute::ZERO),
+        );
     }
     #[cfg(target_arch = "x86_64")]
     let counts = match avx2::Avx2::detect() {
@@ -395,6 +402,13 @@ fn scan<T: DdimFloat, P: Prediction>(
     let counts = scan_with::<T, P>(None, level, model_output, sample, bracket, inside);
     inside.truncate(counts.kept);
     counts
+}
+
+/// The room the bracketing pass needs to keep up to `capacity` elements: a whole block (and
+/// one vector) past it, as the pass checks the capacity once per block and writes whole
+/// vectors.
+fn room(capacity: usize) -> usize {
+    capacity + BLOCK.max(VECTOR_BLOCK) + LANES
 }
 
 /// The vector unit the bracketing pass may use (`None`: portable code only).
@@ -408,7 +422,7 @@ type Simd = Option<std::convert::Infallible>;
 const LANES: usize = 8;
 
 /// The bracketing pass with the `x0` formula of one prediction type, a block at a time.
-/// `inside` has room for the bracket's capacity plus a block and a vector.
+/// `inside` holds [`room`]`(bracket.capacity)` values.
 #[inline(always)]
 fn scan_with<T: DdimFloat, P: Prediction>(
     simd: Simd,
@@ -425,7 +439,16 @@ fn scan_with<T: DdimFloat, P: Prediction>(
     let level = *level;
     let value = move |m, s| P::x0_numerator(&level, s, m).abs();
     let mut counts = Counts::default();
-    for (m, s) in model_output.chunks(BLOCK).zip(sample.chunks(BLOCK)) {
+    // The vector pass takes `f32` elements where they lie, in longer blocks; every other
+    // block is computed into (or widened into) buffers of BLOCK values.
+    let in_place_f32 =
+        T::as_compute(model_output).is_some_and(|m| T::Compute::as_f32s(m).is_some());
+    let block = if simd.is_some() && in_place_f32 {
+        VECTOR_BLOCK
+    } else {
+        BLOCK
+    };
+    for (m, s) in model_output.chunks(block).zip(sample.chunks(block)) {
         if counts.kept > bracket.capacity {
             counts.overflow = true;
             break;
@@ -444,12 +467,16 @@ fn scan_with<T: DdimFloat, P: Prediction>(
             break;
         }
     }
+    // The capacity is checked before each block; this covers the last one, so that the flag
+    // does not depend on where the blocks end.
+    counts.overflow |= counts.kept > bracket.capacity;
     counts
 }
 
 /// Counts the `value(model output, sample)` of one block (`|x0 numerator|`) and keeps those in
 /// the bracket at `inside[counts.kept..]`, which has room for the block and one vector more;
-/// `false` if it had not.
+/// `false` if it had not. The block holds at most [`BLOCK`] values unless the vector pass takes
+/// it (then at most [`VECTOR_BLOCK`]).
 #[inline(always)]
 fn count_block<C: Arithmetic>(
     simd: Simd,
@@ -563,11 +590,11 @@ fn count_portable<C: Arithmetic>(
 mod avx2 {
     use std::arch::x86_64::{
         __m256i, _mm256_andnot_ps, _mm256_castps_si256, _mm256_castsi256_si128, _mm256_cmp_ps,
-        _mm256_cmpgt_epi32, _mm256_extracti128_si256, _mm256_loadu_ps, _mm256_loadu_si256,
+        _mm256_cmpgt_epi32, _mm256_cvtepu8_epi32, _mm256_extracti128_si256, _mm256_loadu_ps,
         _mm256_max_epu32, _mm256_movemask_epi8, _mm256_movemask_ps, _mm256_permutevar8x32_ps,
         _mm256_set1_epi32, _mm256_set1_ps, _mm256_setzero_si256, _mm256_storeu_ps,
-        _mm256_sub_epi32, _mm_add_epi32, _mm_cvtsi128_si32, _mm_shuffle_epi32, _CMP_LE_OQ,
-        _CMP_LT_OQ,
+        _mm256_sub_epi32, _mm_add_epi32, _mm_cvtsi128_si32, _mm_loadl_epi64, _mm_shuffle_epi32,
+        _CMP_LE_OQ, _CMP_LT_OQ,
     };
 
     use super::{count_values, scan_with, Bits, Bracket, Counts, Prediction, LANES};
@@ -639,17 +666,18 @@ mod avx2 {
     }
 
     /// `PACK[mask]` lists the lanes whose bit is set in `mask`, lowest first (then zeros): the
-    /// permutation that moves the lanes a comparison selected to the front of a vector.
-    static PACK: [[u32; LANES]; 1 << LANES] = pack_table();
+    /// permutation that moves the lanes a comparison selected to the front of a vector. Bytes
+    /// (2 KiB in all), widened to lanes as they are loaded.
+    static PACK: [[u8; LANES]; 1 << LANES] = pack_table();
 
-    const fn pack_table() -> [[u32; LANES]; 1 << LANES] {
+    const fn pack_table() -> [[u8; LANES]; 1 << LANES] {
         let mut table = [[0; LANES]; 1 << LANES];
         let mut mask = 0;
         while mask < 1 << LANES {
             let (mut lane, mut to) = (0, 0);
             while lane < LANES {
                 if mask >> lane & 1 == 1 {
-                    table[mask][to] = lane as u32;
+                    table[mask][to] = lane as u8;
                     to += 1;
                 }
                 lane += 1;
@@ -689,6 +717,11 @@ mod avx2 {
         let Some(done) = counted else {
             return false;
         };
+        if done >= model_output.len() {
+            // No values left over (the blocks but the item's last are whole vectors): the
+            // portable count below would still set up its buffer.
+            return true;
+        }
         // The last values, fewer than a vector.
         let m = model_output.get(done..).unwrap_or_default();
         let s = sample.get(done..).unwrap_or_default();
@@ -712,7 +745,7 @@ mod avx2 {
     ) -> Option<usize> {
         let (vlo, vhi) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
         // Compare results are all-ones (-1) lanes: subtracting them counts. A block has at
-        // most BLOCK values, so no lane overflows.
+        // most VECTOR_BLOCK values, so no lane overflows.
         let (mut below, mut up_to) = (_mm256_setzero_si256(), _mm256_setzero_si256());
         // The largest bit pattern: the values are non-negative, so NaN is above infinity's.
         let mut top = _mm256_setzero_si256();
@@ -735,9 +768,10 @@ mod avx2 {
                 // Inside: not below `lo`, and up to `hi` (which NaN is not).
                 let mask = _mm256_movemask_ps(_mm256_andnot_ps(lt, le)) as usize & 0xFF;
                 let to = inside.get_mut(kept..kept + LANES)?;
-                // SAFETY: `PACK[mask]` is LANES = 8 `u32`, the 32 bytes an unaligned load reads.
+                // SAFETY: `PACK[mask]` is LANES = 8 bytes, the 8 bytes this unaligned load reads.
                 #[allow(unsafe_code)]
-                let order = unsafe { _mm256_loadu_si256(PACK[mask].as_ptr().cast()) };
+                let order = unsafe { _mm_loadl_epi64(PACK[mask].as_ptr().cast()) };
+                let order = _mm256_cvtepu8_epi32(order);
                 let packed = _mm256_permutevar8x32_ps(v, order);
                 // SAFETY: `to` is LANES = 8 `u32`, the 32 bytes an unaligned store writes.
                 #[allow(unsafe_code)]
@@ -1096,7 +1130,7 @@ mod tests {
         };
         let update = x0_is_model_output::<f32>();
         let mut g = Gen(11);
-        for len in [1, 7, 8, 9, 255, 256, 257, 1000, 5003] {
+        for len in [1, 7, 8, 9, 255, 256, 257, 1000, 2047, 2048, 2049, 5003] {
             for kind in [0, 1, 3, 8, 9] {
                 let values = item::<f32>(kind, len, &mut g);
                 let zeros = vec![0.0f32; len];
@@ -1116,7 +1150,7 @@ mod tests {
                     };
                     let run = |simd| {
                         use crate::kernel::update::SamplePrediction;
-                        let mut inside = vec![0u32; capacity + BLOCK + LANES];
+                        let mut inside = vec![0u32; room(capacity)];
                         let level = &update.level;
                         let counts = scan_with::<f32, SamplePrediction>(
                             simd,
