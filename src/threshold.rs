@@ -510,8 +510,10 @@ fn count_block<C: Arithmetic>(
     count_values(model_output, sample, value, lo, hi, collect, counts, inside)
 }
 
-/// [`count_portable`] of `value(model output, sample)` for at most a block of elements (more
-/// are ignored), computed into a buffer first.
+/// Counts the `value(model output, sample)` of at most a block of elements (more are ignored)
+/// and keeps those in `[lo, hi]` (if `collect`) at `inside[counts.kept..]`: portable code, the
+/// values computed into a buffer, counted with vectorisable loops and kept a group at a time.
+/// `false` if `inside` had no room for them.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn count_values<C: Arithmetic>(
@@ -524,27 +526,14 @@ fn count_values<C: Arithmetic>(
     counts: &mut Counts,
     inside: &mut [C::Bits],
 ) -> bool {
-    let mut x = [C::ZERO; BLOCK];
-    let n = model_output.len().min(sample.len()).min(BLOCK);
-    let x = &mut x[..n];
-    for ((x, &m), &s) in x.iter_mut().zip(model_output).zip(sample) {
+    let mut buffer = [C::ZERO; BLOCK];
+    let mut n = 0;
+    for ((x, &m), &s) in buffer.iter_mut().zip(model_output).zip(sample) {
         *x = value(m, s);
+        n += 1;
     }
-    count_portable(x, lo, hi, collect, counts, inside)
-}
-
-/// Counts `x` (at most a block) and keeps the values in `[lo, hi]` (if `collect`) at
-/// `inside[counts.kept..]`: portable code, counted with vectorisable loops and kept a group at a
-/// time. `false` if `inside` had no room for `x`.
-#[inline(always)]
-fn count_portable<C: Arithmetic>(
-    x: &[C],
-    lo: C,
-    hi: C,
-    collect: bool,
-    counts: &mut Counts,
-    inside: &mut [C::Bits],
-) -> bool {
+    // `n` is at most BLOCK, the buffer's length.
+    let x = buffer.get(..n).unwrap_or_default();
     // At most BLOCK per block, so 32-bit counters (one vector lane per value) cannot overflow.
     let (mut below, mut up_to, mut nan) = (0u32, 0u32, false);
     for &v in x {
@@ -670,6 +659,7 @@ mod avx2 {
     /// (2 KiB in all), widened to lanes as they are loaded.
     static PACK: [[u8; LANES]; 1 << LANES] = pack_table();
 
+    /// Evaluated when compiling: an index out of range would stop the build, not panic.
     const fn pack_table() -> [[u8; LANES]; 1 << LANES] {
         let mut table = [[0; LANES]; 1 << LANES];
         let mut mask = 0;
@@ -765,7 +755,8 @@ mod avx2 {
             let le = _mm256_cmp_ps::<_CMP_LE_OQ>(v, vhi);
             below = _mm256_sub_epi32(below, _mm256_castps_si256(lt));
             if COLLECT {
-                // Inside: not below `lo`, and up to `hi` (which NaN is not).
+                // Inside: not below `lo`, and up to `hi` (which NaN is not). Eight bits, so
+                // `mask < 256 = PACK.len()`.
                 let mask = _mm256_movemask_ps(_mm256_andnot_ps(lt, le)) as usize & 0xFF;
                 let to = inside.get_mut(kept..kept + LANES)?;
                 // SAFETY: `PACK[mask]` is LANES = 8 bytes, the 8 bytes this unaligned load reads.

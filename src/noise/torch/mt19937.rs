@@ -1,6 +1,8 @@
 //! The 32-bit Mersenne Twister (Matsumoto and Nishimura 1998), the engine of PyTorch's CPU
 //! generator, seeded with the standard `init_genrand`.
 
+use std::cell::Cell;
+
 /// Words of state.
 const N: usize = 624;
 /// The twist's middle offset.
@@ -96,24 +98,41 @@ impl Mt19937 {
     #[inline(always)]
     fn twist(&mut self) {
         const LAG: usize = N - M;
-        // `dst[k]` mixes itself with `dst[k + 1]` (`next` for the last one) and takes `src[k]`.
-        // Every call below passes a non-empty `dst` and a `src` at least as long.
+        // `dst[k]` becomes `src[k]` xor the mix of itself and the word after it (`next` after
+        // the last one), in increasing `k`, so the word after it is still the old one. Through
+        // cells and pairs of neighbours, with no index that could fail.
         #[inline(always)]
         fn run(dst: &mut [u32], next: u32, src: &[u32]) {
-            let src = &src[..dst.len()];
-            let last = dst.len() - 1;
-            for k in 0..last {
-                dst[k] = src[k] ^ mix(dst[k], dst[k + 1]);
+            let cells = Cell::from_mut(dst).as_slice_of_cells();
+            for (pair, &from) in cells.windows(2).zip(src) {
+                if let [word, after] = pair {
+                    word.set(from ^ mix(word.get(), after.get()));
+                }
             }
-            dst[last] = src[last] ^ mix(dst[last], next);
+            let last = cells.len().wrapping_sub(1);
+            if let (Some(word), Some(&from)) = (cells.last(), src.get(last)) {
+                word.set(from ^ mix(word.get(), next));
+            }
         }
+        // The splits are at constant positions inside the 624 words, so every `Some` below
+        // holds; `if let` keeps even that from being a panic path.
         let s = &mut self.state;
-        let (first, rest) = s.split_at_mut(LAG);
-        run(first, rest[0], &rest[M - LAG..]);
-        let (second, rest) = rest.split_at_mut(LAG);
-        run(second, rest[0], first);
-        let (third, rest) = rest.split_at_mut(N - 1 - 2 * LAG);
-        run(third, rest[0], second);
+        if let Some((first, rest)) = s.split_at_mut_checked(LAG) {
+            if let (Some(&next), Some(src)) = (rest.first(), rest.get(M - LAG..)) {
+                run(first, next, src);
+            }
+            if let Some((second, rest)) = rest.split_at_mut_checked(LAG) {
+                if let Some(&next) = rest.first() {
+                    run(second, next, first);
+                }
+                if let Some((third, rest)) = rest.split_at_mut_checked(N - 1 - 2 * LAG) {
+                    if let Some(&next) = rest.first() {
+                        run(third, next, second);
+                    }
+                }
+            }
+        }
+        // Constant indices into the array: checked when compiling.
         s[N - 1] = s[M - 1] ^ mix(s[N - 1], s[0]);
         self.index = 0;
     }
