@@ -15,7 +15,9 @@
 //!    time without a branch: the kept lanes are moved to the front of a vector and the whole
 //!    vector stored);
 //! 3. if the wanted ranks do lie in `[lo, hi]`, a selection among the kept elements finds the
-//!    two order statistics exactly; after an unlucky sample the pass is repeated once with a
+//!    two order statistics exactly (on AVX2, 512 or more kept `f32` values are narrowed
+//!    the same way first: a sample of them gives a bracket, and one vector pass copies the
+//!    values inside it; see [`select_kept`]); after an unlucky sample the pass is repeated once with a
 //!    much wider bracket, and if that misses too (or a bracket holds more elements than it
 //!    may keep: long runs of equal values) the item takes the direct path.
 //!
@@ -186,6 +188,72 @@ fn lo_and_next<B: Ord + Copy>(values: &mut [B], index: usize, next: bool) -> (B,
     (below, above)
 }
 
+/// Kept values from which [`select_kept`] narrows them with a bracket of their own first.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+const NARROW_FROM: usize = 512;
+
+/// [`lo_and_next`] of the bit patterns of non-negative, non-NaN values that fill `scratch`
+/// (which keeps its length; the values may be reordered).
+///
+/// Many values are narrowed first, as the item's elements were, when `f32` values go through
+/// the AVX2 pass: a sample of them gives a bracket, one vector pass counts the values below it
+/// and copies those inside it behind the values, and the selection runs among the copies. If the
+/// bracket misses the wanted ranks (or the buffer has no room for the copies without
+/// allocating), it runs among all of them.
+fn select_kept<C: Arithmetic>(
+    scratch: &mut Vec<C::Bits>,
+    index: usize,
+    next: bool,
+) -> (C::Bits, C::Bits) {
+    let kept = scratch.len();
+    #[cfg(target_arch = "x86_64")]
+    if let Some(found) = narrowed::<C>(scratch, index, next) {
+        scratch.truncate(kept);
+        return found;
+    }
+    scratch.truncate(kept);
+    lo_and_next(scratch, index, next)
+}
+
+/// The narrowing of [`select_kept`], with the copies behind the values: `None` when it does not
+/// apply or its bracket misses (the values are still at the front of `scratch`, as they were).
+#[cfg(target_arch = "x86_64")]
+fn narrowed<C: Arithmetic>(
+    scratch: &mut Vec<C::Bits>,
+    index: usize,
+    next: bool,
+) -> Option<(C::Bits, C::Bits)> {
+    let simd = avx2::Avx2::detect()?;
+    let kept = scratch.len();
+    // The copies and a vector more, behind the values.
+    let room = 2 * kept + LANES;
+    if kept < NARROW_FROM || room > scratch.capacity() {
+        return None;
+    }
+    scratch.resize(room, C::to_bits(C::ZERO));
+    let (values, rest) = scratch.split_at_mut(kept);
+    // `2 √kept` values, one from each of as many stretches: at least 64, as `kept >= 1024`.
+    let m = (2 * kept.isqrt()).min(512);
+    let stretch = kept / m;
+    let sample = rest.get_mut(..m)?;
+    for (j, slot) in sample.iter_mut().enumerate() {
+        *slot = *values.get(stratified(j, stretch))?;
+    }
+    let p = index as f64 / (kept - 1) as f64;
+    let (lo, hi, _) = sample_ends(sample, p, BRACKET_SIGMAS);
+    let bits = |end: Option<C::Bits>, open: f32| {
+        end.map_or(Some(open), |b| C::from_bits(b).as_f32())
+            .map(f32::to_bits)
+    };
+    let (lo, hi) = (bits(lo, 0.0)?, bits(hi, f32::INFINITY)?);
+    let (below, inside) = simd.compact(C::as_u32s(values)?, lo, hi, C::as_u32s(rest)?)?;
+    if below <= index && index + usize::from(next) < below + inside {
+        Some(lo_and_next(rest.get_mut(..inside)?, index - below, next))
+    } else {
+        None
+    }
+}
+
 /// `torch.lerp(start, end, weight)`: `start + w (end - start)` for `|w| < 0.5`, else
 /// `end - (end - start)(1 - w)` (so that both endpoints are exact), each with one rounding.
 fn lerp<T: Arithmetic>(start: T, end: T, weight: T) -> T {
@@ -263,7 +331,7 @@ fn bracketed_with<T: DdimFloat, P: Prediction>(
     let (bracket, counts) = attempt?;
     let (below, above) = if bracket.collect {
         // Every element in [lo, hi] is in the scratch buffer, in no particular order.
-        lo_and_next(scratch, lo_rank - counts.below, hi_rank > lo_rank)
+        select_kept::<T::Compute>(scratch, lo_rank - counts.below, hi_rank > lo_rank)
     } else {
         // lo == hi: every element of the bracket has that value.
         let bits = T::Compute::to_bits(bracket.lo);
@@ -300,15 +368,9 @@ fn sample_bracket<T: DdimFloat, P: Prediction>(
     let len = model_output.len();
     let m = sample_size(len);
     let stretch = len / m;
-    // The offset within stretch `j` is the fraction of `j` times the golden ratio (a Weyl
-    // sequence: spread evenly over the stretch and with no period, computed without a chain of
-    // dependent operations, so that the loads of many samples are in flight at once).
-    const GOLDEN: u32 = 0x9E37_79B9;
     scratch.clear();
     scratch.extend((0..m).map(|j| {
-        let fraction = (j as u32).wrapping_mul(GOLDEN);
-        // Below `(j + 1) * stretch <= len`.
-        let i = j * stretch + ((u64::from(fraction) * stretch as u64) >> 32) as usize;
+        let i = stratified(j, stretch);
         let (s, m) = match (sample.get(i), model_output.get(i)) {
             (Some(s), Some(m)) => (s.widen(), m.widen()),
             _ => (T::Compute::ZERO, T::Compute::ZERO),
@@ -316,29 +378,10 @@ fn sample_bracket<T: DdimFloat, P: Prediction>(
         P::x0_numerator(level, s, m).abs().to_bits()
     }));
     let p = T::Compute::from_f64(ratio).to_f64();
-    let centre = p * (m - 1) as f64;
-    let spread = sigmas * (m as f64 * p * (1.0 - p)).sqrt() + 2.0;
-    let below = (centre - spread).floor();
-    let above = (centre + spread).ceil();
-    let zero = T::Compute::ZERO;
-    let (lo_index, lo) = if below < 0.0 {
-        (None, zero)
-    } else {
-        let k = below as usize;
-        let (_, &mut lo, _) = scratch.select_nth_unstable(k);
-        (Some(k), T::Compute::from_bits(lo))
-    };
-    let hi = if above >= m as f64 {
-        T::Compute::ONE / zero
-    } else {
-        let k = above as usize;
-        // The sample above `lo_index` is already partitioned off (`from <= k < m`).
-        let from = lo_index.map_or(0, |i| i + 1);
-        let (_, &mut hi, _) = scratch[from..].select_nth_unstable(k - from);
-        T::Compute::from_bits(hi)
-    };
+    let (lo, hi, inside) = sample_ends(scratch, p, sigmas);
+    let lo = lo.map_or(T::Compute::ZERO, T::Compute::from_bits);
+    let hi = hi.map_or(T::Compute::ONE / T::Compute::ZERO, T::Compute::from_bits);
     // The share of the sample inside the bracket, scaled to the item, with room to spare.
-    let inside = (above.min(m as f64) - below.max(0.0) + 1.0) / m as f64;
     let capacity = ((3.0 * inside * len as f64) as usize + 256).min(len);
     Bracket {
         lo,
@@ -346,6 +389,48 @@ fn sample_bracket<T: DdimFloat, P: Prediction>(
         collect: lo != hi,
         capacity,
     }
+}
+
+/// The position of the element sampled from stretch `j` of `stretch` elements (below
+/// `(j + 1) * stretch`). The offset within the stretch is the fraction of `j` times the golden
+/// ratio: a Weyl sequence, spread evenly over the stretch and with no period, computed without a
+/// chain of dependent operations, so that the loads of many samples are in flight at once.
+fn stratified(j: usize, stretch: usize) -> usize {
+    const GOLDEN: u32 = 0x9E37_79B9;
+    let fraction = (j as u32).wrapping_mul(GOLDEN);
+    j * stretch + ((u64::from(fraction) * stretch as u64) >> 32) as usize
+}
+
+/// The ends of a bracket around the order statistic at the share `p` of the way up a set, from
+/// a sample of it (reordered): the sample's order statistics `sigmas` standard deviations of the
+/// sample rank below and above the one at `p` (`None` past the sample's ends: the bracket is
+/// open on that side), and the share of the sample from one end to the other.
+fn sample_ends<B: Ord + Copy>(
+    sample: &mut [B],
+    p: f64,
+    sigmas: f64,
+) -> (Option<B>, Option<B>, f64) {
+    let m = sample.len();
+    let centre = p * m.saturating_sub(1) as f64;
+    let spread = sigmas * (m as f64 * p * (1.0 - p)).sqrt() + 2.0;
+    let below = (centre - spread).floor();
+    let above = (centre + spread).ceil();
+    // `below <= m - 3` and `above >= 2`: the spread is at least two ranks.
+    let mut from = 0;
+    let lo = (below >= 0.0).then(|| {
+        let k = below as usize;
+        let (_, &mut lo, _) = sample.select_nth_unstable(k);
+        from = k + 1;
+        lo
+    });
+    let hi = (above < m as f64).then(|| {
+        let k = above as usize;
+        // The sample up to `lo`'s rank is already partitioned off (`from <= k < m`).
+        let (_, &mut hi, _) = sample[from..].select_nth_unstable(k - from);
+        hi
+    });
+    let inside = (above.min(m as f64) - below.max(0.0) + 1.0) / m as f64;
+    (lo, hi, inside)
 }
 
 /// The sample size for an item of `len >= BRACKET_FROM` elements: `2 √len`, but at least
@@ -578,12 +663,13 @@ fn count_values<C: Arithmetic>(
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::{
-        __m256i, _mm256_andnot_ps, _mm256_castps_si256, _mm256_castsi256_si128, _mm256_cmp_ps,
-        _mm256_cmpgt_epi32, _mm256_cvtepu8_epi32, _mm256_extracti128_si256, _mm256_loadu_ps,
-        _mm256_max_epu32, _mm256_movemask_epi8, _mm256_movemask_ps, _mm256_permutevar8x32_ps,
+        __m256, __m256i, _mm256_andnot_ps, _mm256_castps_si256, _mm256_castsi256_ps,
+        _mm256_castsi256_si128, _mm256_cmp_ps, _mm256_cmpgt_epi32, _mm256_cvtepu8_epi32,
+        _mm256_extracti128_si256, _mm256_loadu_ps, _mm256_loadu_si256, _mm256_max_epu32,
+        _mm256_movemask_epi8, _mm256_movemask_ps, _mm256_or_si256, _mm256_permutevar8x32_ps,
         _mm256_set1_epi32, _mm256_set1_ps, _mm256_setzero_si256, _mm256_storeu_ps,
-        _mm256_sub_epi32, _mm_add_epi32, _mm_cvtsi128_si32, _mm_loadl_epi64, _mm_shuffle_epi32,
-        _CMP_LE_OQ, _CMP_LT_OQ,
+        _mm256_sub_epi32, _mm256_xor_si256, _mm_add_epi32, _mm_cvtsi128_si32, _mm_loadl_epi64,
+        _mm_shuffle_epi32, _CMP_LE_OQ, _CMP_LT_OQ,
     };
 
     use super::{count_values, scan_with, Bits, Bracket, Counts, Prediction, LANES};
@@ -617,6 +703,23 @@ mod avx2 {
             #[allow(unsafe_code)]
             unsafe {
                 scan_avx2::<T, P>(self, level, model_output, sample, bracket, inside)
+            }
+        }
+
+        /// Counts the `values` (bit patterns of non-negative `f32`) below `lo` and copies those
+        /// in `[lo, hi]` (bit patterns too) to the front of `out`, which needs room for them and one
+        /// vector more: `(below, copied)`, or `None` if it had not.
+        pub(super) fn compact(
+            self,
+            values: &[u32],
+            lo: u32,
+            hi: u32,
+            out: &mut [u32],
+        ) -> Option<(usize, usize)> {
+            // SAFETY: as in `scan`.
+            #[allow(unsafe_code)]
+            unsafe {
+                compact_avx2(values, lo, hi, out)
             }
         }
 
@@ -755,21 +858,9 @@ mod avx2 {
             let le = _mm256_cmp_ps::<_CMP_LE_OQ>(v, vhi);
             below = _mm256_sub_epi32(below, _mm256_castps_si256(lt));
             if COLLECT {
-                // Inside: not below `lo`, and up to `hi` (which NaN is not). Eight bits, so
-                // `mask < 256 = PACK.len()`.
-                let mask = _mm256_movemask_ps(_mm256_andnot_ps(lt, le)) as usize & 0xFF;
-                let to = inside.get_mut(kept..kept + LANES)?;
-                // SAFETY: `PACK[mask]` is LANES = 8 bytes, the 8 bytes this unaligned load reads.
-                #[allow(unsafe_code)]
-                let order = unsafe { _mm_loadl_epi64(PACK[mask].as_ptr().cast()) };
-                let order = _mm256_cvtepu8_epi32(order);
-                let packed = _mm256_permutevar8x32_ps(v, order);
-                // SAFETY: `to` is LANES = 8 `u32`, the 32 bytes an unaligned store writes.
-                #[allow(unsafe_code)]
-                unsafe {
-                    _mm256_storeu_ps(to.as_mut_ptr().cast(), packed)
-                };
-                kept += mask.count_ones() as usize;
+                // Inside: not below `lo`, and up to `hi` (which NaN is not).
+                let to = inside.get_mut(kept..kept + LANES)?.try_into().ok()?;
+                kept += keep_lanes(v, _mm256_andnot_ps(lt, le), to);
             } else {
                 up_to = _mm256_sub_epi32(up_to, _mm256_castps_si256(le));
             }
@@ -788,6 +879,57 @@ mod avx2 {
         counts.nan |= _mm256_movemask_epi8(nan) != 0;
         counts.kept = kept;
         Some(done)
+    }
+    /// Stores the lanes of `v` that `inside` selects (all-ones lanes) at the front of `to`, the
+    /// others after them, and returns how many it selects.
+    #[target_feature(enable = "avx2,popcnt")]
+    #[inline]
+    fn keep_lanes(v: __m256, inside: __m256, to: &mut [u32; LANES]) -> usize {
+        // Eight bits, so `mask < 256 = PACK.len()`.
+        let mask = _mm256_movemask_ps(inside) as usize & 0xFF;
+        // SAFETY: `PACK[mask]` is LANES = 8 bytes, the 8 bytes this unaligned load reads.
+        #[allow(unsafe_code)]
+        let order = unsafe { _mm_loadl_epi64(PACK[mask].as_ptr().cast()) };
+        let packed = _mm256_permutevar8x32_ps(v, _mm256_cvtepu8_epi32(order));
+        // SAFETY: `to` is LANES = 8 `u32`, the 32 bytes an unaligned store writes.
+        #[allow(unsafe_code)]
+        unsafe {
+            _mm256_storeu_ps(to.as_mut_ptr().cast(), packed)
+        };
+        mask.count_ones() as usize
+    }
+
+    /// [`Avx2::compact`], eight values at a time. The comparisons are on the bit patterns (as
+    /// signed integers: the sign bits are clear), which order the values as numbers do and are
+    /// exact even where the thread flushes denormals to zero.
+    #[target_feature(enable = "avx2,popcnt")]
+    fn compact_avx2(values: &[u32], lo: u32, hi: u32, out: &mut [u32]) -> Option<(usize, usize)> {
+        let (vlo, vhi) = (_mm256_set1_epi32(lo as i32), _mm256_set1_epi32(hi as i32));
+        // Compare results are all-ones (-1) lanes: subtracting them counts.
+        let mut below = _mm256_setzero_si256();
+        let mut kept = 0;
+        let vectors = values.chunks_exact(LANES);
+        let tail = vectors.remainder();
+        for chunk in vectors {
+            // SAFETY: `chunk` is LANES = 8 `u32`, the 32 bytes an unaligned load reads.
+            #[allow(unsafe_code)]
+            let v = unsafe { _mm256_loadu_si256(chunk.as_ptr().cast()) };
+            let lt = _mm256_cmpgt_epi32(vlo, v);
+            let outside = _mm256_or_si256(lt, _mm256_cmpgt_epi32(v, vhi));
+            below = _mm256_sub_epi32(below, lt);
+            let to = out.get_mut(kept..kept + LANES)?.try_into().ok()?;
+            let inside = _mm256_xor_si256(outside, _mm256_set1_epi32(-1));
+            kept += keep_lanes(_mm256_castsi256_ps(v), _mm256_castsi256_ps(inside), to);
+        }
+        let mut below = sum_lanes(below);
+        for &bits in tail {
+            below += usize::from(bits < lo);
+            if lo <= bits && bits <= hi {
+                *out.get_mut(kept)? = bits;
+                kept += 1;
+            }
+        }
+        Some((below, kept))
     }
 }
 
@@ -1011,6 +1153,72 @@ mod tests {
             resolved * 4 > tried * 3,
             "bracket resolved {resolved} of {tried} items"
         );
+    }
+
+    /// The selection among kept values (narrowed by its own bracket on AVX2) against a plain
+    /// selection, bit for bit: several kinds of values (ties and runs of equal values among
+    /// them), ranks at both ends and inside, with and without the next one; the buffer keeps
+    /// its length and capacity. On AVX2 the narrowing must resolve nearly all normal sets, so
+    /// that the test covers it and not only its fallback.
+    #[test]
+    fn kept_selection_matches_plain_selection() {
+        let mut g = Gen(11);
+        let (mut narrowed_sets, mut normal_sets) = (0, 0);
+        for kind in [0, 1, 3, 4, 5, 7, 9, 10] {
+            for len in [NARROW_FROM - 1, NARROW_FROM, 3_442, 20_001] {
+                let values: Vec<u32> = item::<f32>(kind, len, &mut g)
+                    .iter()
+                    .map(|v| v.abs().to_bits())
+                    .collect();
+                for index in [0, 1, len / 3, len * 19 / 20, len - 2, len - 1] {
+                    for next in [false, true].into_iter().filter(|&n| !n || index + 1 < len) {
+                        let want = lo_and_next(&mut values.clone(), index, next);
+                        let mut scratch = Vec::with_capacity(3 * len);
+                        scratch.extend_from_slice(&values);
+                        let capacity = scratch.capacity();
+                        let got = select_kept::<f32>(&mut scratch, index, next);
+                        let case = format!("kind {kind} len {len} index {index} next {next}");
+                        assert_eq!(got, want, "{case}");
+                        assert_eq!(
+                            (scratch.len(), scratch.capacity()),
+                            (len, capacity),
+                            "{case}"
+                        );
+                        if kind == 0 && len >= NARROW_FROM {
+                            normal_sets += 1;
+                            narrowed_sets += usize::from(narrows(&values, index, next));
+                        }
+                    }
+                }
+            }
+        }
+        if narrowing_applies() {
+            assert!(
+                narrowed_sets * 10 >= normal_sets * 9,
+                "narrowed {narrowed_sets} of {normal_sets} normal sets"
+            );
+        }
+    }
+
+    /// Whether this CPU narrows the selection among kept `f32` values at all.
+    fn narrowing_applies() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        return avx2::Avx2::detect().is_some();
+        #[cfg(not(target_arch = "x86_64"))]
+        return false;
+    }
+
+    /// Whether the narrowing resolves the selection in `values` (with room behind them).
+    fn narrows(values: &[u32], index: usize, next: bool) -> bool {
+        let mut scratch = Vec::with_capacity(3 * values.len());
+        scratch.extend_from_slice(values);
+        #[cfg(target_arch = "x86_64")]
+        return narrowed::<f32>(&mut scratch, index, next).is_some();
+        #[cfg(not(target_arch = "x86_64"))]
+        return {
+            let _ = (scratch, index, next);
+            false
+        };
     }
 
     #[test]
