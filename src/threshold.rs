@@ -433,15 +433,14 @@ fn sample_ends<B: Ord + Copy>(
     (lo, hi, inside)
 }
 
-/// The sample size for an item of `len >= BRACKET_FROM` elements: `2 √len`, but at least
-/// `len / 32` up to 512 and at most 4096 (128 for 4,096 elements, 512 for 16,384 and 65,536,
-/// 886 for 196,608). The sample's cost grows with its size, the bracket's width (the elements
-/// kept and selected among) shrinks with its square root. On large items the sample's
-/// scattered reads wait for memory, which makes a small sample pay; small items are in cache,
-/// where a larger one does. Measured on the benchmark shapes against `√len`, `4 √len` and
-/// `len / 32` alone.
+/// The sample size for an item of `len >= BRACKET_FROM` elements: `2 √len`, at most 4096
+/// (128 for 4,096 elements, 256 for 16,384, 512 for 65,536, 886 for 196,608). The sample's
+/// cost grows with its size, the bracket's width (the elements kept and selected among) shrinks
+/// with its square root. Measured on the benchmark shapes against `√len`, `4 √len` and
+/// `len / 32`; a floor of `len / 32` (up to 512), which paid on cache-resident items before
+/// large kept sets were narrowed (see [`select_kept`]), now costs about 3% at 16,384 elements.
 fn sample_size(len: usize) -> usize {
-    (2 * len.isqrt()).max((len / 32).min(512)).clamp(128, 4096)
+    (2 * len.isqrt()).clamp(128, 4096)
 }
 
 /// What the bracketing pass found.
