@@ -45,6 +45,7 @@ const BLOCK: usize = 256;
 /// of the vector counters, the check of the bracket's capacity) paid every 256 values took
 /// about a tenth of its time.
 const VECTOR_BLOCK: usize = 2048;
+const _: () = assert!(VECTOR_BLOCK.is_power_of_two() && VECTOR_BLOCK >= BLOCK);
 
 /// Values per group when the bracketing pass looks for elements inside the bracket: groups
 /// without any are skipped after one vectorised count, the others copied without branches.
@@ -671,7 +672,7 @@ mod avx2 {
         _mm_shuffle_epi32, _CMP_LE_OQ, _CMP_LT_OQ,
     };
 
-    use super::{count_values, scan_with, Bits, Bracket, Counts, Prediction, LANES};
+    use super::{count_values, scan_with, Bits, Bracket, Counts, Prediction, LANES, VECTOR_BLOCK};
     use crate::kernel::update::NoiseLevel;
     use crate::DdimFloat;
 
@@ -821,9 +822,10 @@ mod avx2 {
     }
 
     /// The whole vectors of [`count_block_avx2`]: returns how many values were counted (a
-    /// multiple of LANES), or `None` if `inside` had no room. Keeps the values only if
-    /// `COLLECT`; the counts of values up to `hi` are then the counts below `lo` plus those
-    /// kept (`lo <= hi`).
+    /// multiple of LANES), or `None` if `inside` had no room for a whole block and a vector
+    /// past its `counts.kept` values (or the block is longer than [`VECTOR_BLOCK`]). Keeps the
+    /// values only if `COLLECT`; the counts of values up to `hi` are then the counts below `lo`
+    /// plus those kept (`lo <= hi`).
     #[target_feature(enable = "avx2,popcnt")]
     #[inline]
     fn count_vectors<const COLLECT: bool>(
@@ -841,8 +843,24 @@ mod avx2 {
         let (mut below, mut up_to) = (_mm256_setzero_si256(), _mm256_setzero_si256());
         // The largest bit pattern: the values are non-negative, so NaN is above infinity's.
         let mut top = _mm256_setzero_si256();
+        if model_output.len().min(sample.len()) > VECTOR_BLOCK {
+            return None;
+        }
         let start = counts.kept;
-        let mut kept = start;
+        // The block's window of the buffer. A block keeps at most the values it has read:
+        // before a vector is stored, `kept <= done < VECTOR_BLOCK`, so the mask below (a power
+        // of two less one) changes nothing; it shows the compiler that every store lies inside
+        // the window, with no check left in the loop.
+        let mut window: Option<&mut [u32; VECTOR_BLOCK + LANES]> = match COLLECT {
+            true => Some(
+                inside
+                    .get_mut(start..start + VECTOR_BLOCK + LANES)?
+                    .try_into()
+                    .ok()?,
+            ),
+            false => None,
+        };
+        let mut kept = 0;
         let mut done = 0;
         for (m, s) in model_output
             .chunks_exact(LANES)
@@ -858,8 +876,9 @@ mod avx2 {
             below = _mm256_sub_epi32(below, _mm256_castps_si256(lt));
             if COLLECT {
                 // Inside: not below `lo`, and up to `hi` (which NaN is not).
-                let to = inside.get_mut(kept..kept + LANES)?.try_into().ok()?;
-                kept += keep_lanes(v, _mm256_andnot_ps(lt, le), to);
+                let at = kept & (VECTOR_BLOCK - 1);
+                let to = window.as_mut()?.get_mut(at..at + LANES)?.try_into().ok()?;
+                kept = at + keep_lanes(v, _mm256_andnot_ps(lt, le), to);
             } else {
                 up_to = _mm256_sub_epi32(up_to, _mm256_castps_si256(le));
             }
@@ -868,7 +887,7 @@ mod avx2 {
         let below = sum_lanes(below);
         counts.below += below;
         counts.up_to += if COLLECT {
-            below + (kept - start)
+            below + kept
         } else {
             sum_lanes(up_to)
         };
@@ -876,7 +895,7 @@ mod avx2 {
         // Signed comparison: the sign bits are clear.
         let nan = _mm256_cmpgt_epi32(top, infinity);
         counts.nan |= _mm256_movemask_epi8(nan) != 0;
-        counts.kept = kept;
+        counts.kept = start + kept;
         Some(done)
     }
     /// Stores the lanes of `v` that `inside` selects (all-ones lanes) at the front of `to`, the
