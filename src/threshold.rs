@@ -225,6 +225,8 @@ fn narrowed<C: Arithmetic>(
     next: bool,
 ) -> Option<(C::Bits, C::Bits)> {
     let simd = avx2::Avx2::detect()?;
+    // `f32` values only (the vector pass's), checked before the buffer grows.
+    C::ZERO.as_f32()?;
     let kept = scratch.len();
     // The copies and a vector more, behind the values.
     let room = 2 * kept + LANES;
@@ -233,7 +235,7 @@ fn narrowed<C: Arithmetic>(
     }
     scratch.resize(room, C::to_bits(C::ZERO));
     let (values, rest) = scratch.split_at_mut(kept);
-    // `2 √kept` values, one from each of as many stretches: at least 64, as `kept >= 1024`.
+    // `2 √kept` values, one from each of as many stretches: at least 44, as `kept >= 512`.
     let m = (2 * kept.isqrt()).min(512);
     let stretch = kept / m;
     let sample = rest.get_mut(..m)?;
