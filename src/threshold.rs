@@ -15,10 +15,10 @@
 //!    time without a branch: the kept lanes are moved to the front of a vector and the whole
 //!    vector stored);
 //! 3. if the wanted ranks do lie in `[lo, hi]`, a selection among the kept elements finds the
-//!    two order statistics exactly (on AVX2, 512 or more kept `f32` values are narrowed
-//!    the same way first: a sample of them gives a bracket, and one vector pass copies the
-//!    values inside it; see [`select_kept`]); after an unlucky sample the pass is repeated once with a
-//!    much wider bracket, and if that misses too (or a bracket holds more elements than it
+//!    two order statistics exactly (on AVX2, 512 or more kept `f32` values are narrowed the
+//!    same way first: a sample of them gives a bracket, and one vector pass copies the values
+//!    inside it; see [`select_kept`]); after an unlucky sample the pass is repeated once with
+//!    a much wider bracket, and if that misses too (or a bracket holds more elements than it
 //!    may keep: long runs of equal values) the item takes the direct path.
 //!
 //! Both paths find the same order statistics, so the threshold is the same to the bit.
@@ -709,8 +709,8 @@ mod avx2 {
         }
 
         /// Counts the `values` (bit patterns of non-negative `f32`) below `lo` and copies those
-        /// in `[lo, hi]` (bit patterns too) to the front of `out`, which needs room for them and one
-        /// vector more: `(below, copied)`, or `None` if it had not.
+        /// in `[lo, hi]` (bit patterns too) to the front of `out`, which needs room for them
+        /// and one vector more: `(below, copied)`, or `None` if it had not.
         pub(super) fn compact(
             self,
             values: &[u32],
