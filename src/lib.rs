@@ -123,7 +123,9 @@
 //! is independent). A step whose noise is drawn from a generator ([`NoiseSource::Rng`] or
 //! [`NoiseSource::Torch`]) stays on the calling thread, so that its draws keep their row-major order, and so do the calls that
 //! return new arrays (they fill them as they go). It pays off on memory-bound steps; smaller,
-//! cache-resident ones stay on one thread.
+//! cache-resident ones stay on one thread. Dynamic thresholding, which steps a batch item by
+//! item, hands whole items to the pool instead, from batches of two items and 2^17 elements
+//! (2×4×128×128, say) on, with any array layout.
 //!
 //! # Element types
 //!

@@ -10,8 +10,8 @@
 //! table from criterion's results.
 //!
 //! With `--features parallel` (the crate's `parallel` feature) the `parallel` group also runs:
-//! the epsilon step inside a rayon pool of one thread (which never splits: the baseline) and
-//! inside a pool of every core, at each shape.
+//! the epsilon step and the thresholding step inside a rayon pool of one thread (which never
+//! splits: the baseline) and inside a pool of every core, at each shape.
 
 use std::hint::black_box;
 
@@ -282,6 +282,13 @@ fn bench_parallel(c: &mut Criterion) {
     let mut scheduler = DdimScheduler::new(case.config.clone()).expect("valid config");
     scheduler.set_timesteps(50).expect("valid step count");
     let t = scheduler.timesteps()[10];
+    let config = cases()
+        .into_iter()
+        .find(|case| case.name == "thresholding")
+        .expect("the thresholding case")
+        .config;
+    let mut thresholding = DdimScheduler::new(config).expect("valid config");
+    thresholding.set_timesteps(50).expect("valid step count");
     let one = rayon::ThreadPoolBuilder::new()
         .num_threads(1)
         .build()
@@ -323,6 +330,24 @@ fn bench_parallel(c: &mut Criterion) {
                         scheduler
                             .step(&model_output, t, black_box(&sample))
                             .expect("step")
+                    })
+                })
+            });
+            // Thresholding steps item by item; a batch may be split into its items.
+            let id = BenchmarkId::new(format!("thresholding_step_into_{name}"), &label);
+            group.bench_function(id, |b| {
+                pool.install(|| {
+                    b.iter(|| {
+                        thresholding
+                            .step_into(
+                                &model_output,
+                                t,
+                                black_box(&sample),
+                                StepOptions::default(),
+                                &mut out.prev_sample,
+                                &mut out.pred_original_sample,
+                            )
+                            .expect("step_into")
                     })
                 })
             });

@@ -113,6 +113,30 @@ impl<T> Target<'_, T> {
     }
 }
 
+/// A step over whole batch items: called with a part of the batch (the model output, the
+/// target and the noise of the same items), it steps each item of the part in order.
+pub(crate) type PerItems<'f, T> =
+    dyn Fn(ArrayViewD<'_, T>, Target<'_, T>, Noise<'_, T>) + Sync + 'f;
+
+/// Runs `per_items` over the whole batch. With the `parallel` feature, a large batch whose
+/// outputs exist already and whose noise is not drawn from a generator is first halved along
+/// axis 0 on the current rayon pool, down to single items (see `parallel::try_split_items`);
+/// items never share a thread's work, so the results are the same.
+pub(crate) fn over_items<T: DdimFloat>(
+    model_output: ArrayViewD<'_, T>,
+    target: Target<'_, T>,
+    noise: Noise<'_, T>,
+    per_items: &PerItems<'_, T>,
+) {
+    #[cfg(feature = "parallel")]
+    let Some((model_output, target, noise)) =
+        parallel::try_split_items(model_output, target, noise, per_items)
+    else {
+        return;
+    };
+    per_items(model_output, target, noise);
+}
+
 /// Applies the update to every element: one read of each input, one write of each output.
 ///
 /// The caller guarantees that all arrays have the same shape.

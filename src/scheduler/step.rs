@@ -19,7 +19,7 @@ use super::DdimScheduler;
 use crate::checks::{one_timestep_per_item, same_shape};
 use crate::coefficients::{check_eta, StepScalars};
 use crate::float::Arithmetic;
-use crate::kernel::{fused_step, Noise, Target, Update, X0Bounds};
+use crate::kernel::{fused_step, over_items, Noise, Target, Update, X0Bounds};
 use crate::noise::NoiseSource;
 use crate::threshold::{item_threshold, keep_for_next_step};
 use crate::{DdimError, DdimFloat};
@@ -534,8 +534,8 @@ impl DdimScheduler {
         use_clipped_model_output: bool,
         thresholding: bool,
         model_output: ArrayViewD<'_, T>,
-        mut target: Target<'_, T>,
-        mut noise: Noise<'_, T>,
+        target: Target<'_, T>,
+        noise: Noise<'_, T>,
     ) {
         let config = self.config();
         let update: Update<T::Compute> = scalars
@@ -552,19 +552,28 @@ impl DdimScheduler {
         }
         let max_value = T::Compute::from_f64(config.sample_max_value);
         let ratio = config.dynamic_thresholding_ratio;
-        T::Compute::with_scratch(|scratch| {
-            let items = model_output.len_of(Axis(0));
-            for i in 0..items {
-                let item = Slice::from(i..=i);
-                let m = model_output.slice_axis(Axis(0), item);
-                let item_target = target.item(item);
-                let sample = item_target.sample();
-                let s = item_threshold(&update, &m, &sample, ratio, max_value, scratch);
-                let bounds = X0Bounds::threshold(s);
-                fused_step(&update, &bounds, m, item_target, noise.item(item));
-            }
-            let item_len = model_output.len().checked_div(items).unwrap_or(0);
-            keep_for_next_step::<T::Compute>(scratch, item_len);
-        });
+        // Each item on its own: its threshold, then its pass. Parts of the batch may run on
+        // other threads (feature `parallel`), each with that thread's scratch buffer.
+        over_items(
+            model_output,
+            target,
+            noise,
+            &|model_output, mut target, mut noise| {
+                T::Compute::with_scratch(|scratch| {
+                    let items = model_output.len_of(Axis(0));
+                    for i in 0..items {
+                        let item = Slice::from(i..=i);
+                        let m = model_output.slice_axis(Axis(0), item);
+                        let item_target = target.item(item);
+                        let sample = item_target.sample();
+                        let s = item_threshold(&update, &m, &sample, ratio, max_value, scratch);
+                        let bounds = X0Bounds::threshold(s);
+                        fused_step(&update, &bounds, m, item_target, noise.item(item));
+                    }
+                    let item_len = model_output.len().checked_div(items).unwrap_or(0);
+                    keep_for_next_step::<T::Compute>(scratch, item_len);
+                })
+            },
+        );
     }
 }

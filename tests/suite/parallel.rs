@@ -1,6 +1,7 @@
 //! The `parallel` feature: a step split across a rayon pool must equal, bit for bit, the same
 //! step on one thread, whatever pool it runs in, for every destination, noise kind (drawn noise
-//! is not split) and element type. The one-thread pool never splits, so it is the step without the feature; a
+//! is not split), element type and way of splitting (element ranges, or whole batch items for
+//! thresholding). The one-thread pool never splits, so it is the step without the feature; a
 //! column-major copy of the inputs never splits either (only contiguous row-major arrays are
 //! split), a second baseline through the kernel's other path.
 
@@ -95,7 +96,19 @@ fn check<T: DdimFloat>(label: &str, noises: &[&str]) {
         clip_sample: false,
         ..DdimConfig::default()
     };
-    for (name, config) in [("clip", DdimConfig::default()), ("unclipped", unclipped)] {
+    // Thresholding steps item by item, and its items are what a split hands to other threads.
+    let thresholding = DdimConfig {
+        thresholding: true,
+        sample_max_value: 1.5,
+        dynamic_thresholding_ratio: 0.95,
+        ..DdimConfig::default()
+    };
+    let configs = [
+        ("clip", DdimConfig::default()),
+        ("unclipped", unclipped),
+        ("thresholding", thresholding),
+    ];
+    for (name, config) in configs {
         let s = scheduler(config, 20);
         for &noise in noises {
             let case = format!("{label} {name} {noise}");
