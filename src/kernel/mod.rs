@@ -121,7 +121,7 @@ pub(crate) type PerItems<'f, T> =
 /// Runs `per_items` over the whole batch. With the `parallel` feature, a large batch whose
 /// outputs exist already and whose noise is not drawn from a generator is first halved along
 /// axis 0 on the current rayon pool, down to single items (see `parallel::try_split_items`);
-/// items never share a thread's work, so the results are the same.
+/// each item still runs whole on one thread, so the results are the same.
 pub(crate) fn over_items<T: DdimFloat>(
     model_output: ArrayViewD<'_, T>,
     target: Target<'_, T>,
