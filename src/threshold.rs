@@ -207,13 +207,16 @@ fn select_kept<C: Arithmetic>(
     next: bool,
 ) -> (C::Bits, C::Bits) {
     let kept = scratch.len();
-    #[cfg(target_arch = "x86_64")]
-    if let Some(found) = narrowed::<C>(scratch, index, next) {
-        scratch.truncate(kept);
-        return found;
-    }
+    let found = narrowed::<C>(scratch, index, next);
+    // The copies, if any, are dropped; the values are still at the front.
     scratch.truncate(kept);
-    lo_and_next(scratch, index, next)
+    found.unwrap_or_else(|| lo_and_next(scratch, index, next))
+}
+
+/// The narrowing of [`select_kept`]: x86-64 only (the vector pass is AVX2's).
+#[cfg(not(target_arch = "x86_64"))]
+fn narrowed<C: Arithmetic>(_: &mut Vec<C::Bits>, _: usize, _: bool) -> Option<(C::Bits, C::Bits)> {
+    None
 }
 
 /// The narrowing of [`select_kept`], with the copies behind the values: `None` when it does not
@@ -418,22 +421,21 @@ fn sample_ends<B: Ord + Copy>(
     let spread = sigmas * (m as f64 * p * (1.0 - p)).sqrt() + 2.0;
     let below = (centre - spread).floor();
     let above = (centre + spread).ceil();
-    // `below <= m - 3` and `above >= 2`: the spread is at least two ranks.
-    let mut from = 0;
-    let lo = (below >= 0.0).then(|| {
-        let k = below as usize;
-        let (_, &mut lo, _) = sample.select_nth_unstable(k);
-        from = k + 1;
-        lo
-    });
-    let hi = (above < m as f64).then(|| {
-        let k = above as usize;
-        // The sample up to `lo`'s rank is already partitioned off (`from <= k < m`).
-        let (_, &mut hi, _) = sample[from..].select_nth_unstable(k - from);
-        hi
-    });
+    // A rank inside the sample, if `x` is one (not for NaN).
+    let rank = |x: f64| (x >= 0.0 && x < m as f64).then_some(x as usize);
+    let lo_rank = rank(below);
+    let lo = lo_rank.and_then(|k| nth(sample, k));
+    // The sample up to `lo`'s rank is already partitioned off; the spread is at least two
+    // ranks either side, so `above`'s rank lies beyond it.
+    let from = lo_rank.map_or(0, |k| k + 1);
+    let hi = rank(above).and_then(|k| nth(sample.get_mut(from..)?, k.checked_sub(from)?));
     let inside = (above.min(m as f64) - below.max(0.0) + 1.0) / m as f64;
     (lo, hi, inside)
+}
+
+/// The order statistic `k` of `values` (reordered), if it has one.
+fn nth<B: Ord + Copy>(values: &mut [B], k: usize) -> Option<B> {
+    (k < values.len()).then(|| *values.select_nth_unstable(k).1)
 }
 
 /// The sample size for an item of `len >= BRACKET_FROM` elements: `2 √len`, at most 4096
@@ -1232,13 +1234,7 @@ mod tests {
     fn narrows(values: &[u32], index: usize, next: bool) -> bool {
         let mut scratch = Vec::with_capacity(3 * values.len());
         scratch.extend_from_slice(values);
-        #[cfg(target_arch = "x86_64")]
-        return narrowed::<f32>(&mut scratch, index, next).is_some();
-        #[cfg(not(target_arch = "x86_64"))]
-        return {
-            let _ = (scratch, index, next);
-            false
-        };
+        narrowed::<f32>(&mut scratch, index, next).is_some()
     }
 
     #[test]

@@ -306,23 +306,26 @@ fn bench_parallel(c: &mut Criterion) {
         }
         let mut out = DdimSchedulerOutput::zeros(shape);
         for (name, pool) in pools {
-            let id = BenchmarkId::new(format!("step_into_{name}"), &label);
-            group.bench_function(id, |b| {
-                pool.install(|| {
-                    b.iter(|| {
-                        scheduler
-                            .step_into(
-                                &model_output,
-                                t,
-                                black_box(&sample),
-                                StepOptions::default(),
-                                &mut out.prev_sample,
-                                &mut out.pred_original_sample,
-                            )
-                            .expect("step_into")
+            // Thresholding steps item by item: a batch may be split into its items.
+            for (prefix, scheduler) in [("", &scheduler), ("thresholding_", &thresholding)] {
+                let id = BenchmarkId::new(format!("{prefix}step_into_{name}"), &label);
+                group.bench_function(id, |b| {
+                    pool.install(|| {
+                        b.iter(|| {
+                            scheduler
+                                .step_into(
+                                    &model_output,
+                                    t,
+                                    black_box(&sample),
+                                    StepOptions::default(),
+                                    &mut out.prev_sample,
+                                    &mut out.pred_original_sample,
+                                )
+                                .expect("step_into")
+                        })
                     })
-                })
-            });
+                });
+            }
             let id = BenchmarkId::new(format!("step_{name}"), &label);
             group.bench_function(id, |b| {
                 pool.install(|| {
@@ -330,24 +333,6 @@ fn bench_parallel(c: &mut Criterion) {
                         scheduler
                             .step(&model_output, t, black_box(&sample))
                             .expect("step")
-                    })
-                })
-            });
-            // Thresholding steps item by item; a batch may be split into its items.
-            let id = BenchmarkId::new(format!("thresholding_step_into_{name}"), &label);
-            group.bench_function(id, |b| {
-                pool.install(|| {
-                    b.iter(|| {
-                        thresholding
-                            .step_into(
-                                &model_output,
-                                t,
-                                black_box(&sample),
-                                StepOptions::default(),
-                                &mut out.prev_sample,
-                                &mut out.pred_original_sample,
-                            )
-                            .expect("step_into")
                     })
                 })
             });
